@@ -1,0 +1,7 @@
+"""mfugap: measure GPU utilization and Model FLOP Utilization side by side."""
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mfugap")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
