@@ -1,0 +1,74 @@
+"""The contract between a kernel family and the harness.
+
+A workload says what it computes and how much work that is; the harness (mfugap.measure) does
+everything else: memory check, verification, warm-up, timing, sampling, metrics. A workload never
+times itself and never synchronizes inside `launch`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+PRECISION_NONE = "none"  # the workload does no model math (a spin); its MFU is 0 by definition
+
+
+@dataclass(frozen=True)
+class Check:
+    """Outcome of verifying one launch against a reference."""
+
+    ok: bool
+    detail: str
+    rel_err: float | None = None
+    tolerance: float | None = None
+
+
+class Workload(ABC):
+    """One measurable case: a kernel (or library call) at one shape.
+
+    Subclasses set `name`, `precision`, `params` and implement the methods below. `flops` and
+    `min_bytes` are counted from the shape by construction, never measured or estimated.
+    """
+
+    name: str
+    precision: str
+    params: dict[str, Any]
+    buf: dict[str, Any]  # device buffers, filled by setup and dropped by teardown
+    alt_precisions: tuple[str, ...] = ()  # other peaks to report MFU against (fp32 rungs vs bf16)
+
+    @property
+    def label(self) -> str:
+        shape = " ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.name} {shape}".strip()
+
+    @abstractmethod
+    def flops(self) -> int:
+        """Model FLOPs of one launch (an FMA counts 2)."""
+
+    @abstractmethod
+    def min_bytes(self) -> int:
+        """Fewest DRAM bytes one launch must move: each input read once, each output written once."""
+
+    @abstractmethod
+    def footprint_bytes(self) -> int:
+        """Device memory the workload allocates; the harness skips the case when it does not fit."""
+
+    @abstractmethod
+    def setup(self, stream: Any) -> None:
+        """Allocate inputs (random, never zeros) and outputs on the device."""
+
+    @abstractmethod
+    def poison(self) -> None:
+        """Fill outputs with a value no correct launch leaves behind (NaN), so unwritten elements show."""
+
+    @abstractmethod
+    def launch(self, stream: Any) -> None:
+        """Enqueue one run on `stream`; no synchronization."""
+
+    @abstractmethod
+    def check(self) -> Check:
+        """Compare the outputs of the last launch (already synchronized) with a host reference."""
+
+    def teardown(self) -> None:
+        """Drop device buffers so the next case gets the memory back."""
+        self.buf = {}
