@@ -1,0 +1,70 @@
+"""Every CUDA C kernel compiles with NVRTC for sm_80 and sm_90 without a GPU, and does not spill."""
+import importlib
+import pkgutil
+
+import pytest
+
+import mfugap.kernels
+from mfugap.cuda_source import OFFLINE_ARCHS, parse_ptxas_log, registered
+
+for info in pkgutil.iter_modules(mfugap.kernels.__path__):
+    importlib.import_module(f"mfugap.kernels.{info.name}")
+
+SOURCES = registered()
+
+
+def _compiled(source, arch, cache={}):  # noqa: B006 - a per-session cache of slow compiles
+    key = (id(source), arch)
+    if key not in cache:
+        cache[key] = source.compile_offline(arch)
+    return cache[key]
+
+
+def test_kernel_modules_register_their_sources():
+    names = {k for s in SOURCES for k in s.kernels}
+    assert {"triad_f32", "spin"} <= names
+
+
+@pytest.mark.parametrize("arch", OFFLINE_ARCHS)
+@pytest.mark.parametrize("source", SOURCES, ids=lambda s: "+".join(s.kernels))
+def test_compiles_without_spills(source, arch):
+    report = _compiled(source, arch)
+    assert set(source.kernels) <= set(report.kernels), "a declared kernel is missing from the build"
+    for name, k in report.kernels.items():
+        assert k.registers > 0
+        if name not in source.may_spill:
+            assert (k.spill_stores, k.spill_loads) == (0, 0), f"{name} spills on {arch}"
+
+
+@pytest.mark.parametrize("arch", OFFLINE_ARCHS)
+def test_triad_uses_16_byte_accesses(arch):
+    from mfugap.kernels.stream import SOURCE
+
+    ptx = _compiled(SOURCE, arch).ptx
+    assert "ld.global.nc.v4.f32" in ptx or "ld.global.v4.f32" in ptx
+    assert "st.global.v4.f32" in ptx
+
+
+def test_spin_is_bounded_by_the_global_timer_and_an_iteration_cap():
+    from mfugap.kernels.spin import SOURCE
+
+    ptx = _compiled(SOURCE, "sm_90").ptx
+    assert "%globaltimer" in ptx
+    # the iteration cap is the kernel's second parameter and must be compared in the loop
+    assert "spin_param_1" in ptx
+
+
+def test_ptxas_log_parsing():
+    log = """ptxas info    : Compiling entry function 'k' for 'sm_90'
+ptxas info    : Function properties for k
+ptxas         .     8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers
+ptxas info    : Compiling entry function 'j' for 'sm_90'
+ptxas info    : Function properties for j
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 8 registers"""
+    r = parse_ptxas_log(log)
+    assert (r["k"].registers, r["k"].spill_stores, r["k"].spill_loads, r["k"].stack_bytes) == (40, 4, 12, 8)
+    assert r["j"].registers == 8
+    with pytest.raises(ValueError, match="lacks"):
+        parse_ptxas_log("ptxas info    : Compiling entry function 'x' for 'sm_90'\nnothing")
