@@ -1,0 +1,117 @@
+"""Command line: `mfugap run | report | specs`.
+
+Exit codes: 0 ok; 1 a case failed or a results file could not be read; 2 bad usage or unknown name;
+3 no GPU visible (the reason is printed, with the recorded tables); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tabulate import tabulate
+
+from mfugap import catalog
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_GPU, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+REPORT_FORMATS = ("table", "markdown", "csv", "json")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from mfugap.plugin import suite_names
+
+    parser = argparse.ArgumentParser(prog="mfugap", description="GPU utilization vs Model FLOP Utilization")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,report,specs}")
+
+    run = sub.add_parser("run", help="run the GPU suites, print the table, save the results")
+    run.add_argument("--quick", action="store_true", help="small sizes and 1 s windows")
+    run.add_argument("--suite", action="append", choices=suite_names(), metavar="NAME",
+                     help=f"suite to run (repeatable; default all): {', '.join(suite_names())}")
+    run.add_argument("--results-dir", type=Path, help="where results go (default: the checkout's results/)")
+    run.add_argument("--no-save", action="store_true", help="do not write a results file")
+
+    report = sub.add_parser("report", help="print the tables of every results file")
+    report.add_argument("--results-dir", type=Path, help="folder to read (default: the checkout's results/)")
+    report.add_argument("--format", choices=REPORT_FORMATS, default="table")
+
+    specs = sub.add_parser("specs", help="print the hardware catalog, or one GPU's entry")
+    specs.add_argument("name", nargs="?", help='NVML name, e.g. "NVIDIA H100 80GB HBM3" or "... MIG 1g.10gb"')
+    specs.add_argument("--pci-id", type=lambda s: int(s, 16), help="PCI device id in hex, e.g. 0x2321")
+    specs.add_argument("--json", action="store_true", help="print one JSON object (needs NAME)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": _run, "report": _report, "specs": _specs}[args.command](args)
+    except KeyboardInterrupt:
+        print("mfugap: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _specs(args: argparse.Namespace) -> int:
+    if args.name is None:
+        if args.json:
+            print("mfugap specs: --json needs a GPU name", file=sys.stderr)
+            return EXIT_USAGE
+        headers, rows = catalog.specs_table()
+        print(tabulate(rows, headers=headers, tablefmt="simple", missingval="-"))
+        return EXIT_OK
+    try:
+        resolved = catalog.resolve(args.name, args.pci_id)
+    except catalog.UnknownGpuError as exc:
+        print(f"mfugap specs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    entry = catalog.spec_to_json(resolved)
+    if args.json:
+        print(json.dumps(entry, indent=1))
+    else:
+        print(tabulate([(k, json.dumps(v) if isinstance(v, dict) else v) for k, v in entry.items()],
+                       tablefmt="plain"))
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from mfugap.plugin import default_results_dir
+    from mfugap.report import render_runs
+    from mfugap.results import load_runs
+
+    folder = args.results_dir or default_results_dir()
+    runs, errors = load_runs(folder)
+    for error in errors:
+        print(f"mfugap report: {error}", file=sys.stderr)
+    if runs:
+        print(render_runs([run for _, run in runs], args.format))
+    elif not errors:
+        print(f"mfugap report: no results under {folder}", file=sys.stderr)
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    import pytest
+
+    from mfugap.device import gpu_unavailable_reason
+    from mfugap.plugin import SUITES_DIR
+
+    reason = gpu_unavailable_reason()
+    if reason is not None:
+        print(f"mfugap run: no GPU visible: {reason}", file=sys.stderr)
+        print("mfugap run: showing the recorded tables instead", file=sys.stderr)
+        _report(argparse.Namespace(results_dir=args.results_dir, format="table"))
+        return EXIT_NO_GPU
+    paths = [str(SUITES_DIR / f"test_{name}.py") for name in args.suite or []] or [str(SUITES_DIR)]
+    options = ["--benchmark", "-p", "no:cacheprovider", "-rfEs"]
+    options += ["--quick"] * args.quick + ["--no-save"] * args.no_save
+    if args.results_dir:
+        options += ["--results-dir", str(args.results_dir)]
+    code = pytest.main([*paths, *options])
+    if code == pytest.ExitCode.INTERRUPTED:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if code == pytest.ExitCode.OK else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

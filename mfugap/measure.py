@@ -1,0 +1,155 @@
+"""The harness: verify a workload, warm it up, time it over a window while NVML samples, derive the row.
+
+Nothing here knows about particular kernels; anything that follows mfugap.workload.Workload is measured
+the same way. A workload that fails verification records no numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mfugap import catalog, metrics
+from mfugap.device import DeviceInfo, discover, init_nvml
+from mfugap.results import gpu_slug
+from mfugap.sampler import Sampler
+from mfugap.schema import empty_row
+from mfugap.timing import CupyEvents, run_window, warm_up
+from mfugap.workload import PRECISION_NONE, Workload
+
+GiB = 1 << 30
+FREE_MEMORY_USE = 0.9  # leave room for cuBLAS workspaces and the allocator's rounding
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    window_s: float = 2.5  # several NVML sample periods (1/6 s to 1 s depending on the product)
+    warmup_s: float = 0.5
+    min_reps: int = 10
+
+    @classmethod
+    def quick(cls) -> WindowConfig:
+        return cls(window_s=1.0, warmup_s=0.2, min_reps=5)
+
+
+class GpuContext:
+    """One GPU as this process sees it: identity, catalog peaks, NVML handles and a CUDA stream."""
+
+    def __init__(self, device: DeviceInfo, spec: catalog.Resolved, nvml: Any, stream: Any) -> None:
+        self.name = spec.name  # on a MIG instance, "<parent> MIG <profile>"
+        self.device = device
+        self.spec = spec
+        self.nvml = nvml
+        self.stream = stream
+
+    @classmethod
+    def open(cls, index: int = 0) -> GpuContext:
+        """Discover GPU `index`; raises mfugap.device.NoGpuError when none is usable."""
+        import cupy
+
+        nvml = init_nvml()
+        cupy.cuda.Device(index).use()
+        device = discover(index, nvml=nvml)
+        name = f"{device.name} MIG {device.mig_profile}" if device.is_mig else device.name
+        spec = catalog.resolve(name, device.pci_device_id, sm_count=device.sm_count,
+                               compute_capability=device.compute_capability,
+                               max_sm_clock_mhz=device.sm_clock_max_mhz)
+        return cls(device, spec, nvml, cupy.cuda.Stream(non_blocking=True))
+
+    def free_bytes(self) -> int:
+        import cupy
+
+        return cupy.cuda.runtime.memGetInfo()[0]
+
+    def gpu_json(self) -> dict:
+        """The run file's `gpu` object: identity and state, plus the denominators MFU and MBU use."""
+        return {
+            **self.device.to_json(),
+            "name": self.name,
+            "key": self.spec.key,
+            "slug": gpu_slug(self.name),
+            "peaks_tflops": self.spec.peaks_tflops,
+            "mem_bw_gbps": self.spec.mem_bw_gbps,
+            "peaks_derived": self.spec.derived,
+            "peaks_source": self.spec.source,
+        }
+
+    def events(self) -> CupyEvents:
+        return CupyEvents(self.stream)
+
+    def sampler(self) -> Sampler:
+        d = self.device
+        return Sampler(self.nvml, d.handle, is_mig=d.is_mig, parent_handle=d.parent_handle,
+                       gpu_instance_id=d.gpu_instance_id)
+
+
+def measure(workload: Workload, ctx: GpuContext, config: WindowConfig, suite: str) -> dict:
+    """Measure one workload and return its row (mfugap.schema); never raises for a failing case."""
+    row = _identity(workload, suite)
+    need, free = workload.footprint_bytes(), ctx.free_bytes()
+    if need > FREE_MEMORY_USE * free:
+        return _skipped(row, f"needs {need / GiB:.1f} GiB, {free / GiB:.1f} GiB free")
+    try:
+        workload.setup(ctx.stream)
+        verdict = _verify(workload, ctx.stream)
+        row.update(max_rel_err=verdict.rel_err, tolerance=verdict.tolerance)
+        if not verdict.ok:
+            return {**row, "status": "failed", "reason": verdict.detail}
+        clock = ctx.events()
+        launch = lambda: workload.launch(ctx.stream)  # noqa: E731
+        warm_up(launch, clock, warmup_s=config.warmup_s)
+        with ctx.sampler() as sampler:
+            timing = run_window(launch, clock, min_window_s=config.window_s, min_reps=config.min_reps)
+        row.update(_timing_fields(timing))
+        row.update(sampler.stats.as_row_fields())
+        row.update(_derived(workload, ctx, timing, row))
+        row["status"] = "ok"
+        return row
+    except Exception as exc:  # a broken case becomes a row with its reason; the rest still runs
+        return {**row, "status": "error", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+    finally:
+        workload.teardown()
+
+
+def _identity(workload: Workload, suite: str) -> dict:
+    row = empty_row()
+    row.update(suite=suite, workload=workload.name, label=workload.label, precision=workload.precision,
+               params=dict(workload.params), flops=workload.flops(), bytes=workload.min_bytes())
+    return row
+
+
+def _skipped(row: dict, reason: str) -> dict:
+    return {**row, "status": "skipped", "reason": reason}
+
+
+def _verify(workload: Workload, stream: Any) -> Any:
+    workload.poison()
+    workload.launch(stream)
+    stream.synchronize()
+    return workload.check()
+
+
+def _timing_fields(timing: Any) -> dict:
+    return {"reps": timing.reps, "kernel_ms_median": timing.median_ms, "kernel_ms_p10": timing.p10_ms,
+            "kernel_ms_p90": timing.p90_ms, "window_s": timing.window_s}
+
+
+def _derived(workload: Workload, ctx: GpuContext, timing: Any, row: dict) -> dict:
+    precision = workload.precision
+    peaks = ctx.spec.peaks_tflops
+    peak = None if precision == PRECISION_NONE else peaks.get(precision)
+    clock_peak = None
+    if precision != PRECISION_NONE and row["sm_clock_mhz"] and ctx.device.sm_count \
+            and ctx.device.compute_capability:
+        clock_peak = catalog.clock_adjusted_peak_tflops(ctx.device.compute_capability, ctx.device.sm_count,
+                                                        row["sm_clock_mhz"], precision)
+    alt = {p: peaks.get(p) for p in workload.alt_precisions}
+    out = metrics.derive(flops=workload.flops(), nbytes=workload.min_bytes(),
+                         kernel_s=timing.median_ms / 1e3, window_s=timing.window_s, reps=timing.reps,
+                         peak_tflops=peak, peak_clock_tflops=clock_peak, bw_gbps=ctx.spec.mem_bw_gbps,
+                         alt_peaks=alt)
+    out["gap_pts"] = metrics.gap_pts(row["gpu_util_pct"], out["mfu_pct"])
+    out["flags"] = metrics.row_flags(mfu=out["mfu_pct"], util_pct=row["gpu_util_pct"],
+                                     clock_event_reasons=row["clock_event_reasons"],
+                                     other_processes=len(ctx.device.other_processes),
+                                     util_samples=row["util_samples"], is_mig=ctx.device.is_mig)
+    return out

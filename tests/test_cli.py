@@ -1,0 +1,77 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mfugap import cli
+from mfugap.results import build_run, write_run
+
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def _gpu():
+    return {"name": H100, "key": "h100-sxm", "slug": "nvidia-h100-80gb-hbm3", "driver_version": "580.1",
+            "sm_count": 132, "peaks_tflops": {"bf16": 989.4, "fp32": 67.0}, "mem_bw_gbps": 3350.0}
+
+
+def _row(**kw):
+    return {"suite": "foundation", "workload": "stream_triad", "label": "stream_triad n=1024",
+            "precision": "fp32", "status": "ok", "tflops": 0.5, "mfu_pct": 0.75, "gpu_util_pct": 99.0, **kw}
+
+
+def test_specs_json_for_one_gpu(capsys):
+    assert cli.main(["specs", H100, "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)
+    assert entry["key"] and entry["sm_count"] == 132 and entry["derived"] is False
+    assert entry["peaks_tflops"]["bf16"] == pytest.approx(989.4)
+    assert entry["mig_profile"] is None
+
+
+def test_specs_table_lists_the_catalog(capsys):
+    assert cli.main(["specs"]) == 0
+    out = capsys.readouterr().out
+    assert "H100" in out and "A100" in out and "L40S" in out
+
+
+def test_specs_unknown_gpu_is_one_line_and_nonzero(capsys):
+    assert cli.main(["specs", "Voodoo 5 6000"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Voodoo 5 6000" in err
+
+
+def test_unknown_suite_lists_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--suite", "nope"])
+    assert exit_info.value.code == 2
+    assert "foundation" in capsys.readouterr().err
+
+
+def test_run_without_gpu_says_why_shows_recorded_tables_and_exits_3(tmp_path, monkeypatch, capsys):
+    from mfugap.device import NoGpuError
+
+    monkeypatch.setattr("mfugap.device.gpu_unavailable_reason",
+                        lambda *a, **k: NoGpuError("no-driver", "NVIDIA driver not found"))
+    write_run(build_run(_gpu(), [_row()], command="test", quick=False), tmp_path)
+    assert cli.main(["run", "--results-dir", str(tmp_path)]) == cli.EXIT_NO_GPU
+    captured = capsys.readouterr()
+    assert "no GPU visible: NVIDIA driver not found" in captured.err
+    assert H100 in captured.out and "stream_triad n=1024" in captured.out
+
+
+def test_report_keeps_going_past_a_corrupt_file(tmp_path, capsys):
+    write_run(build_run(_gpu(), [_row()], command="test", quick=False), tmp_path)
+    (tmp_path / "broken.json").write_text("{not json")
+    assert cli.main(["report", "--results-dir", str(tmp_path), "--format", "csv"]) == cli.EXIT_FAILED
+    captured = capsys.readouterr()
+    assert "broken.json" in captured.err and captured.err.count("\n") == 1
+    assert "stream_triad" in captured.out
+
+
+def test_console_script_without_gpu_has_no_traceback(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "mfugap.cli", "run", "--results-dir", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == cli.EXIT_NO_GPU
+    assert "no GPU visible" in proc.stderr and "Traceback" not in proc.stderr

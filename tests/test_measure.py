@@ -1,0 +1,153 @@
+"""The harness on the CPU: a NumPy workload, fake events and a fake sampler stand in for the GPU."""
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from mfugap import catalog
+from mfugap.measure import WindowConfig, measure
+from mfugap.schema import ROW_FIELDS
+from mfugap.verify import TOLERANCE, check_close
+from mfugap.workload import Check, Workload
+from tests.fake_events import FakeEvents
+
+TINY = WindowConfig(window_s=0.02, warmup_s=0.0, min_reps=3)
+H100 = catalog.resolve("NVIDIA H100 80GB HBM3")
+
+
+class Axpy(Workload):
+    """y = 2x + y on the host; each launch costs 1 ms on the fake device clock."""
+
+    name = "axpy"
+    precision = "fp32"
+
+    def __init__(self, n, clock, bug=False, fail_in_setup=False):
+        self.params = {"n": n}
+        self.clock, self.bug, self.fail_in_setup = clock, bug, fail_in_setup
+        self.buf = {}
+        self.torn_down = False
+
+    def flops(self):
+        return 2 * self.params["n"]
+
+    def min_bytes(self):
+        return 12 * self.params["n"]
+
+    def footprint_bytes(self):
+        return self.min_bytes()
+
+    def setup(self, stream):
+        if self.fail_in_setup:
+            raise MemoryError("out of memory allocating 12 bytes\nsecond line")
+        rng = np.random.default_rng(1)
+        self.buf = {"x": rng.random(self.params["n"]), "y0": rng.random(self.params["n"])}
+
+    def poison(self):
+        self.buf["y"] = np.full(self.params["n"], np.nan)
+
+    def launch(self, stream):
+        y = 2 * self.buf["x"] + self.buf["y0"]
+        self.buf["y"][: len(y) - self.bug] = y[: len(y) - self.bug]  # the bug leaves one element unwritten
+        self.clock.launch()
+
+    def check(self):
+        if np.isnan(self.buf["y"]).any():
+            return Check(ok=False, detail="unwritten elements")
+        return check_close(self.buf["y"], 2 * self.buf["x"] + self.buf["y0"], TOLERANCE["fp32"], "axpy")
+
+    def teardown(self):
+        super().teardown()
+        self.torn_down = True
+
+
+class FakeSampler:
+    def __init__(self, fields):
+        self.stats = SimpleNamespace(as_row_fields=lambda: dict(fields))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+SAMPLED = {"gpu_util_pct": 100.0, "util_samples": 12, "util_note": None, "mem_util_pct": 40.0,
+           "sm_util_pct": 95.0, "sm_occupancy_pct": 50.0, "tensor_util_pct": 0.0, "dram_util_pct": 90.0,
+           "fp32_util_pct": 3.0, "fp16_util_pct": 0.0, "fp64_util_pct": 0.0, "gpm_note": None,
+           "sm_clock_mhz": 1980.0, "power_w": 500.0, "clock_event_reasons": 0x4,
+           "sampler_overhead_pct": 0.1}
+
+
+class FakeContext:
+    def __init__(self, clock, free=80 << 30, other_processes=()):
+        self.clock = clock
+        self.spec = H100
+        self.device = SimpleNamespace(compute_capability=(9, 0), sm_count=132, is_mig=False,
+                                      other_processes=list(other_processes))
+        self.stream = SimpleNamespace(synchronize=lambda: None)
+        self.free = free
+
+    def free_bytes(self):
+        return self.free
+
+    def events(self):
+        return self.clock
+
+    def sampler(self):
+        return FakeSampler(SAMPLED)
+
+
+def _clock():
+    return FakeEvents(itertools.repeat(1.0))
+
+
+def test_a_correct_workload_gets_every_number():
+    clock = _clock()
+    w = Axpy(1001, clock)
+    row = measure(w, FakeContext(clock), TINY, suite="demo")
+    assert set(row) == set(ROW_FIELDS)
+    assert row["status"] == "ok" and row["reason"] is None
+    assert row["suite"] == "demo" and row["label"] == "axpy n=1001"
+    assert row["flops"] == 2002 and row["bytes"] == 12012
+    assert row["kernel_ms_median"] == pytest.approx(1.0)
+    assert row["tflops"] == pytest.approx(2002 * row["reps"] / row["window_s"] / 1e12)
+    assert row["mfu_pct"] == pytest.approx(100 * row["tflops"] / H100.peaks_tflops["fp32"])
+    assert row["mbu_pct"] == pytest.approx(100 * row["gbps"] / H100.mem_bw_gbps)
+    expected_clock_peak = catalog.clock_adjusted_peak_tflops((9, 0), 132, 1980.0, "fp32")
+    assert row["peak_clock_tflops"] == pytest.approx(expected_clock_peak)
+    assert row["gap_pts"] == pytest.approx(100.0 - row["mfu_pct"])
+    assert row["flags"] == ["throttle:sw_power_cap"]
+    assert row["max_rel_err"] == 0.0 and w.torn_down
+
+
+def test_a_wrong_kernel_records_no_numbers():
+    clock = _clock()
+    w = Axpy(1001, clock, bug=True)
+    row = measure(w, FakeContext(clock), TINY, suite="demo")
+    assert row["status"] == "failed" and "unwritten" in row["reason"]
+    assert row["tflops"] is None and row["mfu_pct"] is None and row["gpu_util_pct"] is None
+    assert clock.created == 0, "a failed case must not be timed"
+    assert w.torn_down
+
+
+def test_a_case_that_does_not_fit_is_skipped_with_the_reason():
+    clock = _clock()
+    row = measure(Axpy(1 << 30, clock), FakeContext(clock, free=1 << 30), TINY, suite="demo")
+    assert row["status"] == "skipped"
+    assert row["reason"] == "needs 12.0 GiB, 1.0 GiB free"
+
+
+def test_an_exception_becomes_a_one_line_error_row():
+    clock = _clock()
+    w = Axpy(10, clock, fail_in_setup=True)
+    row = measure(w, FakeContext(clock), TINY, suite="demo")
+    assert row["status"] == "error"
+    assert row["reason"] == "MemoryError: out of memory allocating 12 bytes"
+    assert w.torn_down
+
+
+def test_other_processes_are_flagged():
+    clock = _clock()
+    row = measure(Axpy(100, clock), FakeContext(clock, other_processes=[{"pid": 1}]), TINY, suite="d")
+    assert "other_processes" in row["flags"]

@@ -1,0 +1,57 @@
+"""`pytest --benchmark` and the suites, seen from outside in a subprocess, on a machine with no usable GPU.
+
+CUDA_VISIBLE_DEVICES="" hides any GPU from CUDA, so these tests check the no-GPU path everywhere.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mfugap.plugin import SUITES_DIR, suite_names
+
+NO_GPU = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _pytest(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", *args],
+                          cwd=tmp_path, env=NO_GPU, capture_output=True, text=True, timeout=300)
+
+
+def test_suites_exist():
+    assert "foundation" in suite_names()
+    assert (SUITES_DIR / "test_foundation.py").is_file()
+
+
+def test_benchmark_without_a_gpu_skips_every_suite_for_one_reason(tmp_path):
+    proc = _pytest(tmp_path, "--benchmark", "--results-dir", str(tmp_path / "results"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    collected = sum(1 for line in proc.stdout.splitlines() if line.startswith("SKIPPED"))
+    assert collected >= 1
+    reasons = {line.split(": ", 1)[1].split(": ", 1)[-1] for line in proc.stdout.splitlines()
+               if line.startswith("SKIPPED")}
+    assert len(reasons) == 1, reasons
+    assert "no GPU:" in proc.stdout
+    assert " passed" not in proc.stdout and "failed" not in proc.stdout
+    assert not (tmp_path / "results").exists(), "a run with no rows must not write a results file"
+
+
+def test_suites_without_benchmark_flag_are_skipped(tmp_path):
+    proc = _pytest(tmp_path, str(SUITES_DIR))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "GPU suites run only under `pytest --benchmark`" in proc.stdout
+
+
+def test_benchmark_option_is_registered(tmp_path):
+    proc = _pytest(tmp_path, "--help")
+    assert "--benchmark " in proc.stdout and "--quick" in proc.stdout
+
+
+@pytest.mark.parametrize("name", suite_names())
+def test_every_suite_has_a_lesson_and_docstrings(name):
+    import importlib
+
+    module = importlib.import_module(f"mfugap.suites.test_{name}")
+    assert module.__doc__ and len(module.LESSON.split()) >= 20
+    tests = [getattr(module, n) for n in dir(module) if n.startswith("test_")]
+    assert tests and all(t.__doc__ for t in tests), "each benchmark states its formula in a docstring"
