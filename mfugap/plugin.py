@@ -44,6 +44,7 @@ class RunState:
         self.config = config
         self.rows: list[dict] = []
         self.lessons: dict[str, str] = {}
+        self.suite_modules: dict[str, Any] = {}
         self.run: dict | None = None
         self.saved: Path | None = None
         self.save_error: str | None = None
@@ -68,7 +69,22 @@ class RunState:
 
     def run_dict(self) -> dict:
         return build_run(self._context.gpu_json(), self.rows, command=_command_line(),
-                         quick=bool(self.config.option.mfugap_quick), lessons=self.lessons)
+                         quick=bool(self.config.option.mfugap_quick), lessons=self.lessons,
+                         summaries=self.summaries())
+
+    def summaries(self) -> dict[str, dict]:
+        """Each suite with a `summarize(rows)` function gets its summary of its own ok rows."""
+        out = {}
+        for suite, module in self.suite_modules.items():
+            summarize = getattr(module, "summarize", None)
+            if summarize is None:
+                continue
+            rows = [r for r in self.rows if r["suite"] == suite and r["status"] == "ok"]
+            try:
+                out[suite] = json.loads(json.dumps(summarize(rows), default=str))
+            except Exception as exc:  # a broken summary must not lose the rows
+                out[suite] = {"error": f"{type(exc).__name__}: {exc}"}
+        return out
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -130,6 +146,7 @@ def measure(request: pytest.FixtureRequest, gpu: harness.GpuContext, benchmark: 
     state = request.config.stash[STATE_KEY]
     suite = Path(str(request.node.path)).stem.removeprefix("test_")
     lesson = getattr(request.module, "LESSON", None)
+    state.suite_modules[suite] = request.module
 
     def run(workload: Any) -> dict:
         row = benchmark.pedantic(harness.measure, args=(workload, gpu, state.window(), suite),

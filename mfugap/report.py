@@ -160,6 +160,9 @@ def _chunks(group: list[dict]) -> list[tuple[list[list[str]], str | None]]:
     lessons: dict[str, str] = {}
     for n, run in enumerate(group, 1):
         lessons.update(run.get("lessons") or {})  # the later run's wording wins
+        for suite, summary in (run.get("summaries") or {}).items():
+            measured = f"measured{f' [{n}]' if numbered else ''}: {_summary_text(summary)}"
+            lessons[suite] = " ".join(filter(None, [lessons.get(suite), measured]))
         for row in run["rows"]:
             by_suite.setdefault(row.get("suite") or "", []).append(_cells(row, n if numbered else None))
     chunks: list[tuple[list[list[str]], str | None]] = []
@@ -172,6 +175,17 @@ def _chunks(group: list[dict]) -> list[tuple[list[list[str]], str | None]]:
     if pending or not chunks:
         chunks.append((pending, None))
     return chunks
+
+
+def _summary_text(summary: object) -> str:
+    """A suite summary as flat `key value` text: nested dicts become `outer: key value, ...`."""
+    if isinstance(summary, dict):
+        parts = [f"{key}: {_summary_text(value)}" if isinstance(value, dict) else
+                 f"{key} {_summary_text(value)}" for key, value in summary.items()]
+        return "; ".join(parts) if any(isinstance(v, dict) for v in summary.values()) else ", ".join(parts)
+    if isinstance(summary, float):
+        return _sig3(summary)
+    return _text(summary)
 
 
 def _distinct(values: list[str]) -> str:

@@ -60,7 +60,8 @@ def _git(cwd: Path, *args: str) -> str | None:
 
 
 def build_run(gpu: dict, rows: list[dict], *, command: str, quick: bool,
-              lessons: dict[str, str] | None = None, created_utc: str | None = None) -> dict:
+              lessons: dict[str, str] | None = None, summaries: dict[str, dict] | None = None,
+              created_utc: str | None = None) -> dict:
     """A run with every RUN_FIELDS key, its gpu completed with GPU_FIELDS and its rows with ROW_FIELDS."""
     commit, dirty = git_provenance()
     gpu = {**dict.fromkeys(GPU_FIELDS), **gpu}
@@ -77,6 +78,7 @@ def build_run(gpu: dict, rows: list[dict], *, command: str, quick: bool,
         "gpu": gpu,
         "rows": [{**empty_row(), **row} for row in rows],
         "lessons": dict(lessons or {}),
+        "summaries": dict(summaries or {}),
     }
     # Indexing by RUN_FIELDS fails loudly here if the schema gains a key this function does not fill.
     return {key: values[key] for key in RUN_FIELDS}

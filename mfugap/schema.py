@@ -22,6 +22,7 @@ RUN_FIELDS: dict[str, str] = {
     "gpu": "device identity and state: see GPU_FIELDS",
     "rows": "list of rows: see ROW_FIELDS",
     "lessons": "suite name -> short lesson text printed under that suite's rows",
+    "summaries": "suite name -> what the suite's summarize(rows) derived from its rows (a ridge point)",
 }
 
 GPU_FIELDS: dict[str, str] = {

@@ -55,3 +55,23 @@ def test_every_suite_has_a_lesson_and_docstrings(name):
     assert module.__doc__ and len(module.LESSON.split()) >= 20
     tests = [getattr(module, n) for n in dir(module) if n.startswith("test_")]
     assert tests and all(t.__doc__ for t in tests), "each benchmark states its formula in a docstring"
+
+
+def test_suite_summaries_see_only_their_ok_rows_and_never_lose_the_run():
+    from types import ModuleType, SimpleNamespace
+
+    from mfugap.plugin import RunState
+
+    state = RunState(SimpleNamespace(option=SimpleNamespace(mfugap_quick=False)))
+    state.rows = [{"suite": "roofline", "status": "ok", "tflops": 1.0},
+                  {"suite": "roofline", "status": "failed", "tflops": None},
+                  {"suite": "other", "status": "ok", "tflops": 9.0}]
+    counted = ModuleType("counted")
+    counted.summarize = lambda rows: {"n": len(rows), "max": max(r["tflops"] for r in rows)}
+    broken = ModuleType("broken")
+    broken.summarize = lambda rows: 1 / 0
+    state.suite_modules = {"roofline": counted, "other": broken, "plain": ModuleType("plain")}
+    summaries = state.summaries()
+    assert summaries["roofline"] == {"n": 1, "max": 1.0}
+    assert summaries["other"] == {"error": "ZeroDivisionError: division by zero"}
+    assert "plain" not in summaries

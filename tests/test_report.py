@@ -196,3 +196,13 @@ def test_no_runs() -> None:
     assert render_runs([]).startswith("no runs")
     assert json.loads(render_runs([], "json")) == []
     assert render_runs([], "csv").count("\n") == 1
+
+
+def test_suite_summary_is_printed_under_its_suite() -> None:
+    run = _run(H100, [_gemm(suite="roofline")], lessons={"roofline": "The sweep climbs to the ridge."})
+    run["summaries"] = {"roofline": {"bf16": {"ridge_flop_per_byte": 295.4, "plateau_tflops": 701.0}}}
+    text = render_run(run, "table")
+    note = text[text.index("^ roofline:"):]
+    assert "The sweep climbs to the ridge." in note
+    assert "measured: bf16: ridge_flop_per_byte 295, plateau_tflops 701" in " ".join(note.split())
+    assert "measured: bf16" in render_run(run, "markdown")
