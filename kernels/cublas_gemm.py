@@ -120,3 +120,9 @@ class CublasGemm(Workload):
             self.buf["b"].get(), self.precision)
         return check_close(out, ref, TOLERANCE[self.precision],
                            f"{len(rows)} random rows vs float64 NumPy on the same inputs")
+
+
+def selftest_cases() -> list[Workload]:
+    """Odd shapes in every precision, and a batch-1 row (M = 1) as in decoding."""
+    shapes = ((67, 45, 129), (1, 256, 384))
+    return [CublasGemm(*shape, precision) for precision in FORMATS for shape in shapes]

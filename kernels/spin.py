@@ -109,3 +109,7 @@ class Spin(Workload):
     def check(self) -> Check:
         # 5 ms of slack covers the timer's update granularity and a warp descheduled mid-spin
         return check_counters(self.buf["out"].get(), self.ns, slack_ns=5_000_000)
+
+
+def selftest_cases() -> list[Workload]:
+    return [Spin(blocks=3, ms=2.0)]

@@ -1,4 +1,4 @@
-"""Command line: `mfugap run | report | specs`.
+"""Command line: `mfugap run | report | specs | selftest`.
 
 Exit codes: 0 ok; 1 a case failed or a results file could not be read; 2 bad usage or unknown name;
 3 no GPU visible (the reason is printed, with the recorded tables); 130 interrupted.
@@ -6,7 +6,9 @@ Exit codes: 0 ok; 1 a case failed or a results file could not be read; 2 bad usa
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     from mfugap.plugin import suite_names
 
     parser = argparse.ArgumentParser(prog="mfugap", description="GPU utilization vs Model FLOP Utilization")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,report,specs}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,report,specs,selftest}")
 
     run = sub.add_parser("run", help="run the GPU suites, print the table, save the results")
     run.add_argument("--quick", action="store_true", help="small sizes and 1 s windows")
@@ -40,13 +42,16 @@ def _parser() -> argparse.ArgumentParser:
     specs.add_argument("name", nargs="?", help='NVML name, e.g. "NVIDIA H100 80GB HBM3" or "... MIG 1g.10gb"')
     specs.add_argument("--pci-id", type=lambda s: int(s, 16), help="PCI device id in hex, e.g. 0x2321")
     specs.add_argument("--json", action="store_true", help="print one JSON object (needs NAME)")
+
+    sub.add_parser("selftest", help="verify every kernel (on the GPU, or what the CPU can check)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "report": _report, "specs": _specs}[args.command](args)
+        commands = {"run": _run, "report": _report, "specs": _specs, "selftest": _selftest}
+        return commands[args.command](args)
     except KeyboardInterrupt:
         print("mfugap: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -111,6 +116,32 @@ def _run(args: argparse.Namespace) -> int:
     if code == pytest.ExitCode.INTERRUPTED:
         return EXIT_INTERRUPTED
     return EXIT_OK if code == pytest.ExitCode.OK else EXIT_FAILED
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    from mfugap import selftest
+    from mfugap.device import gpu_unavailable_reason
+
+    reason = gpu_unavailable_reason()
+    if reason is None:
+        from mfugap.measure import GpuContext
+
+        lines = selftest.gpu_lines(selftest.kernel_modules(), GpuContext.open().stream)
+    else:
+        # The simulator must be chosen before numba.cuda is first imported, i.e. before the kernels are.
+        os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+        print(f"mfugap selftest: no GPU visible ({reason}): running the CPU checks only", file=sys.stderr,
+              flush=True)
+        modules = selftest.kernel_modules()
+        lines = itertools.chain(
+            (selftest.Line("skipped", w.label, "needs a GPU")
+             for m in modules for w in getattr(m, "selftest_cases", list)()),
+            selftest.simulator_lines(modules))
+    failed = 0
+    for line in itertools.chain(lines, selftest.compile_lines()):
+        print(line, flush=True)
+        failed += line.status == "failed"
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
-"""On a GPU box, plain `pytest` also runs these: each kernel on small odd shapes, then one short measurement.
+"""On a GPU box, plain `pytest` also runs these: every kernel on small odd shapes, then short measurements.
 
 They skip with the reason everywhere else (the `gpu` marker; see mfugap/plugin.py).
 """
 import pytest
 
-from mfugap.kernels import cublas_gemm, spin, stream
+from mfugap import selftest
+from mfugap.kernels import spin, stream
 from mfugap.measure import GpuContext, WindowConfig, measure
 
 pytestmark = pytest.mark.gpu
 
 SHORT = WindowConfig(window_s=1.0, warmup_s=0.1, min_reps=3)
+CASES = [w for m in selftest.kernel_modules() for w in getattr(m, "selftest_cases", list)()]
 
 
 @pytest.fixture(scope="module")
@@ -17,33 +19,10 @@ def ctx():
     return GpuContext.open()
 
 
-def _verify(workload, ctx):
-    workload.setup(ctx.stream)
-    try:
-        workload.poison()
-        workload.launch(ctx.stream)
-        ctx.stream.synchronize()
-        return workload.check()
-    finally:
-        workload.teardown()
-
-
-@pytest.mark.parametrize("n", [1, 3, 1003, (1 << 20) + 5])
-def test_triad_is_correct_on_odd_sizes(ctx, n):
-    verdict = _verify(stream.Triad(n, ctx.device.sm_count), ctx)
-    assert verdict.ok, verdict.detail
-
-
-@pytest.mark.parametrize("precision", sorted(cublas_gemm.FORMATS))
-@pytest.mark.parametrize("shape", [(67, 45, 129), (1, 4096, 4096), (128, 128, 128)])
-def test_cublas_gemm_is_correct(ctx, precision, shape):
-    verdict = _verify(cublas_gemm.CublasGemm(*shape, precision), ctx)
-    assert verdict.ok, verdict.detail
-
-
-def test_spin_is_bounded(ctx):
-    verdict = _verify(spin.Spin(blocks=3, ms=2.0), ctx)
-    assert verdict.ok, verdict.detail
+@pytest.mark.parametrize("workload", CASES, ids=lambda w: w.label)
+def test_every_kernel_is_correct_on_small_odd_shapes(ctx, workload):
+    line = selftest.run_case(workload, ctx.stream)
+    assert line.status == "ok", line.detail
 
 
 def test_one_block_spin_reads_busy_but_does_no_math(ctx):

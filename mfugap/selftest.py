@@ -1,0 +1,92 @@
+"""`mfugap selftest`: verify every kernel family and say, one line per kernel, ok / failed / skipped.
+
+On a GPU each family's `selftest_cases()` (small, odd shapes) runs once and is checked against its
+reference, exactly as the harness verifies before timing. Without one, what the CPU can check runs
+instead: every CUDA C source compiled with NVRTC for sm_80 and sm_90 (no spills where a spill is a
+bug), and each family's `simulator_checks()` (Numba kernels in the CUDA simulator).
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import mfugap.kernels
+from mfugap.cuda_source import OFFLINE_ARCHS, registered
+
+
+@dataclass(frozen=True)
+class Line:
+    status: str  # ok | failed | skipped
+    name: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.status:<8}{self.name}: {self.detail}"
+
+
+def kernel_modules() -> list[ModuleType]:
+    """Every module under mfugap.kernels, imported (which also registers their CUDA C sources)."""
+    prefix = mfugap.kernels.__name__ + "."
+    names = sorted(info.name for info in pkgutil.walk_packages(mfugap.kernels.__path__, prefix))
+    return [importlib.import_module(name) for name in names]
+
+
+def gpu_lines(modules: list[ModuleType], stream: Any) -> Iterator[Line]:
+    for module in modules:
+        for workload in getattr(module, "selftest_cases", list)():
+            yield run_case(workload, stream)
+
+
+def run_case(workload: Any, stream: Any) -> Line:
+    try:
+        workload.setup(stream)
+        workload.poison()
+        workload.launch(stream)
+        stream.synchronize()
+        verdict = workload.check()
+    except Exception as exc:  # one broken kernel must not hide the verdicts on the others
+        return Line("failed", workload.label, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+    finally:
+        workload.teardown()
+    return Line("ok" if verdict.ok else "failed", workload.label, verdict.detail)
+
+
+def compile_lines() -> Iterator[Line]:
+    try:
+        import cuda.bindings.nvrtc  # noqa: F401
+    except ImportError:
+        yield Line("skipped", "CUDA C kernels", 'NVRTC not installed (pip install -e ".[test]")')
+        return
+    for source in registered():
+        yield from _compile_source(source)
+
+
+def _compile_source(source: Any) -> Iterator[Line]:
+    reports = {}
+    for arch in OFFLINE_ARCHS:
+        try:
+            reports[arch] = source.compile_offline(arch).kernels
+        except Exception as exc:  # NVRTC's error text is the useful part
+            yield Line("failed", "+".join(source.kernels), f"{arch}: {str(exc).splitlines()[0]}")
+            return
+    for kernel in source.kernels:
+        per_arch = [(arch, reports[arch].get(kernel)) for arch in OFFLINE_ARCHS]
+        missing = [arch for arch, report in per_arch if report is None]
+        spills = [arch for arch, report in per_arch
+                  if report and report.spill_stores + report.spill_loads and kernel not in source.may_spill]
+        regs = ", ".join(f"{arch} {report.registers} regs" for arch, report in per_arch if report)
+        if missing or spills:
+            problem = f"not built for {missing}" if missing else f"spills registers on {spills}"
+            yield Line("failed", kernel, f"NVRTC: {problem} ({regs})")
+        else:
+            yield Line("ok", kernel, f"NVRTC compiled, {regs}, no spills")
+
+
+def simulator_lines(modules: list[ModuleType]) -> Iterator[Line]:
+    for module in modules:
+        for name, verdict in getattr(module, "simulator_checks", list)():
+            yield Line("ok" if verdict.ok else "failed", name, f"CUDA simulator: {verdict.detail}")

@@ -1,0 +1,68 @@
+import itertools
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+from mfugap import selftest
+from mfugap.cuda_source import OFFLINE_ARCHS, KernelReport
+from tests.fake_events import FakeEvents
+from tests.test_measure import Axpy
+
+STREAM = SimpleNamespace(synchronize=lambda: None)
+
+
+def _clock():
+    return FakeEvents(itertools.repeat(1.0))
+
+
+def test_a_correct_case_is_ok_and_a_wrong_one_failed():
+    assert selftest.run_case(Axpy(101, _clock()), STREAM).status == "ok"
+    wrong = selftest.run_case(Axpy(101, _clock(), bug=True), STREAM)
+    assert wrong.status == "failed" and "unwritten" in wrong.detail
+
+
+def test_an_exception_is_a_failed_line_not_a_crash():
+    line = selftest.run_case(Axpy(5, _clock(), fail_in_setup=True), STREAM)
+    assert line.status == "failed" and line.detail.startswith("MemoryError:")
+
+
+class FakeSource:
+    def __init__(self, spills, may_spill=(), error=None):
+        self.kernels, self.may_spill, self.spills, self.error = ("k",), may_spill, spills, error
+
+    def compile_offline(self, arch):
+        if self.error:
+            raise RuntimeError(self.error)
+        report = KernelReport("k", 32, self.spills, self.spills, 0)
+        return SimpleNamespace(kernels={"k": report})
+
+
+def test_spills_fail_unless_the_kernel_may_spill():
+    assert [line.status for line in selftest._compile_source(FakeSource(0))] == ["ok"]
+    (line,) = selftest._compile_source(FakeSource(8))
+    assert line.status == "failed" and all(arch in line.detail for arch in OFFLINE_ARCHS)
+    assert [line.status for line in selftest._compile_source(FakeSource(8, may_spill=("k",)))] == ["ok"]
+    (line,) = selftest._compile_source(FakeSource(0, error="kernel.cu(3): error: identifier x\nmore"))
+    assert line.status == "failed" and "identifier x" in line.detail and "more" not in line.detail
+
+
+def test_every_kernel_module_imports_and_offers_gpu_cases():
+    modules = selftest.kernel_modules()
+    with_cases = [m for m in modules if hasattr(m, "selftest_cases")]
+    assert with_cases
+    for module in with_cases:
+        for workload in module.selftest_cases():
+            assert workload.flops() >= 0 and workload.min_bytes() > 0
+
+
+def test_cli_selftest_without_gpu_checks_what_the_cpu_can():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "mfugap.cli", "selftest"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("ok") and "triad_f32: NVRTC compiled" in line for line in lines)
+    assert any(line.startswith("skipped") and "needs a GPU" in line for line in lines)
+    assert not any(line.startswith("failed") for line in lines)
+    assert "Traceback" not in proc.stderr
