@@ -5,7 +5,7 @@ the same way. A workload that fails verification records no numbers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mfugap import catalog, metrics
@@ -54,6 +54,19 @@ class GpuContext:
                                compute_capability=device.compute_capability,
                                max_sm_clock_mhz=device.sm_clock_max_mhz)
         return cls(device, spec, nvml, cupy.cuda.Stream(non_blocking=True))
+
+    def partition(self, sm_count: int, stream: Any) -> GpuContext:
+        """This GPU confined to `sm_count` SMs through `stream` (a green context): peaks scale with the
+        SMs; memory bandwidth and L2 stay whole, because the partition shares them."""
+        total = self.device.sm_count
+        if not total or not 0 < sm_count <= total:
+            raise ValueError(f"a partition needs 1..{total} SMs, got {sm_count}")
+        peaks = {p: None if v is None else v * sm_count / total for p, v in self.spec.peaks_tflops.items()}
+        spec = replace(self.spec, sm_count=sm_count, peaks_tflops=peaks,
+                       source=f"{self.spec.source}; emulated slice: peaks x {sm_count}/{total} SMs")
+        part = GpuContext(replace(self.device, sm_count=sm_count), spec, self.nvml, stream)
+        part.name = self.name
+        return part
 
     def free_bytes(self) -> int:
         import cupy

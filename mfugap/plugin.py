@@ -142,14 +142,17 @@ def quick(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture
 def measure(request: pytest.FixtureRequest, gpu: harness.GpuContext, benchmark: Any) -> Any:
-    """measure(workload) -> row: the harness measures one workload and the row joins the run's table."""
+    """measure(workload) -> row: the harness measures one workload and the row joins the run's table.
+
+    `context` replaces the session's GPU context for one case, e.g. a green-context SM partition.
+    """
     state = request.config.stash[STATE_KEY]
     suite = Path(str(request.node.path)).stem.removeprefix("test_")
     lesson = getattr(request.module, "LESSON", None)
     state.suite_modules[suite] = request.module
 
-    def run(workload: Any) -> dict:
-        row = benchmark.pedantic(harness.measure, args=(workload, gpu, state.window(), suite),
+    def run(workload: Any, context: harness.GpuContext | None = None) -> dict:
+        row = benchmark.pedantic(harness.measure, args=(workload, context or gpu, state.window(), suite),
                                  rounds=1, iterations=1)
         benchmark.extra_info.update(json.loads(json.dumps(row, default=str)))
         state.rows.append(row)

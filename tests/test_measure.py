@@ -151,3 +151,23 @@ def test_other_processes_are_flagged():
     clock = _clock()
     row = measure(Axpy(100, clock), FakeContext(clock, other_processes=[{"pid": 1}]), TINY, suite="d")
     assert "other_processes" in row["flags"]
+
+
+def test_a_partition_scales_peaks_with_its_sms_and_keeps_bandwidth():
+    from dataclasses import dataclass
+
+    from mfugap.measure import GpuContext
+
+    @dataclass
+    class Device:
+        sm_count: int = 132
+        compute_capability: tuple = (9, 0)
+
+    whole = GpuContext(Device(), H100, nvml=None, stream="whole")
+    part = whole.partition(16, stream="green")
+    assert part.stream == "green" and part.device.sm_count == 16 and whole.device.sm_count == 132
+    assert part.spec.peaks_tflops["bf16"] == pytest.approx(989.4 * 16 / 132)
+    assert part.spec.mem_bw_gbps == H100.mem_bw_gbps
+    assert "emulated slice" in part.spec.source and part.name == whole.name
+    with pytest.raises(ValueError, match=r"1\.\.132"):
+        whole.partition(133, stream=None)
