@@ -14,7 +14,7 @@ from mfugap.results import gpu_slug
 from mfugap.sampler import Sampler
 from mfugap.schema import empty_row
 from mfugap.timing import CupyEvents, run_window, warm_up
-from mfugap.workload import PRECISION_NONE, Workload
+from mfugap.workload import PRECISION_NONE, Check, Workload
 
 GiB = 1 << 30
 FREE_MEMORY_USE = 0.9  # leave room for cuBLAS workspaces and the allocator's rounding
@@ -102,8 +102,7 @@ def measure(workload: Workload, ctx: GpuContext, config: WindowConfig, suite: st
     if need > FREE_MEMORY_USE * free:
         return _skipped(row, f"needs {need / GiB:.1f} GiB, {free / GiB:.1f} GiB free")
     try:
-        workload.setup(ctx.stream)
-        verdict = _verify(workload, ctx.stream)
+        verdict = verify(workload, ctx.stream)
         row.update(max_rel_err=verdict.rel_err, tolerance=verdict.tolerance)
         if not verdict.ok:
             return {**row, "status": "failed", "reason": verdict.detail}
@@ -134,11 +133,16 @@ def _skipped(row: dict, reason: str) -> dict:
     return {**row, "status": "skipped", "reason": reason}
 
 
-def _verify(workload: Workload, stream: Any) -> Any:
-    workload.poison()
-    workload.launch(stream)
-    stream.synchronize()
-    return workload.check()
+def verify(workload: Workload, stream: Any) -> Check:
+    """Set up, poison, launch once, check. Inside `with stream` CuPy's own work (allocation, random
+    fill, the poison) is ordered on that stream too; on the default stream the poison could race the
+    launch on a non-blocking stream and hide unwritten outputs."""
+    with stream:
+        workload.setup(stream)
+        workload.poison()
+        workload.launch(stream)
+        stream.synchronize()
+        return workload.check()
 
 
 def _timing_fields(timing: Any) -> dict:

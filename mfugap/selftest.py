@@ -16,6 +16,7 @@ from typing import Any
 
 import mfugap.kernels
 from mfugap.cuda_source import OFFLINE_ARCHS, registered
+from mfugap.measure import verify
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,7 @@ def gpu_lines(modules: list[ModuleType], stream: Any) -> Iterator[Line]:
 
 def run_case(workload: Any, stream: Any) -> Line:
     try:
-        workload.setup(stream)
-        workload.poison()
-        workload.launch(stream)
-        stream.synchronize()
-        verdict = workload.check()
+        verdict = verify(workload, stream)
     except Exception as exc:  # one broken kernel must not hide the verdicts on the others
         return Line("failed", workload.label, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
     finally:

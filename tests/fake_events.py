@@ -48,3 +48,20 @@ class FakeEvents:
 
     def elapsed_ms(self, start: FakeEvent, end: FakeEvent) -> float:
         return end.t - start.t
+
+
+class FakeStream:
+    """Enough of a CuPy stream for the harness: a context manager that can be synchronized."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+
+    def __enter__(self) -> FakeStream:
+        self.entered += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        return None

@@ -10,7 +10,7 @@ from mfugap.measure import WindowConfig, measure
 from mfugap.schema import ROW_FIELDS
 from mfugap.verify import TOLERANCE, check_close
 from mfugap.workload import Check, Workload
-from tests.fake_events import FakeEvents
+from tests.fake_events import FakeEvents, FakeStream
 
 TINY = WindowConfig(window_s=0.02, warmup_s=0.0, min_reps=3)
 H100 = catalog.resolve("NVIDIA H100 80GB HBM3")
@@ -85,7 +85,7 @@ class FakeContext:
         self.spec = H100
         self.device = SimpleNamespace(compute_capability=(9, 0), sm_count=132, is_mig=False,
                                       other_processes=list(other_processes))
-        self.stream = SimpleNamespace(synchronize=lambda: None)
+        self.stream = FakeStream()
         self.free = free
 
     def free_bytes(self):
@@ -171,3 +171,10 @@ def test_a_partition_scales_peaks_with_its_sms_and_keeps_bandwidth():
     assert "emulated slice" in part.spec.source and part.name == whole.name
     with pytest.raises(ValueError, match=r"1\.\.132"):
         whole.partition(133, stream=None)
+
+
+def test_verification_runs_with_the_stream_current():
+    clock = _clock()
+    ctx = FakeContext(clock)
+    measure(Axpy(10, clock), ctx, TINY, suite="demo")
+    assert ctx.stream.entered == 1

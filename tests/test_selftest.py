@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 from mfugap import selftest
 from mfugap.cuda_source import OFFLINE_ARCHS, KernelReport
-from tests.fake_events import FakeEvents
+from tests.fake_events import FakeEvents, FakeStream
 from tests.test_measure import Axpy
 
-STREAM = SimpleNamespace(synchronize=lambda: None)
+STREAM = FakeStream()
 
 
 def _clock():
