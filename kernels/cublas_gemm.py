@@ -101,25 +101,30 @@ class CublasGemm(Workload):
                       self.buf["beta"].ctypes.data, c.data.ptr, dt, n,
                       self.buf["compute"], cublas.CUBLAS_GEMM_DEFAULT)
 
-    def _nonfinite(self) -> int:
-        import cupy
-
-        c = self.buf["c"]
-        if self.precision == "bf16":
-            return int(((c & 0x7FFF) >= 0x7F80).sum())  # exponent all ones: Inf or NaN
-        return int((~cupy.isfinite(c)).sum())
-
     def check(self) -> Check:
-        bad = self._nonfinite()
-        if bad:
-            return Check(ok=False, detail=f"{bad} output elements are NaN or Inf (unwritten or overflowed)")
-        m = self.params["m"]
-        rows = np.random.default_rng(m).choice(m, size=min(CHECK_ROWS, m), replace=False)
-        out = _host_values(self.buf["c"][rows].get(), self.precision)
-        ref = _host_values(self.buf["a"][rows].get(), self.precision) @ _host_values(
-            self.buf["b"].get(), self.precision)
-        return check_close(out, ref, TOLERANCE[self.precision],
-                           f"{len(rows)} random rows vs float64 NumPy on the same inputs")
+        return check_product(self.buf["a"], self.buf["b"], self.buf["c"], self.precision)
+
+
+def _nonfinite(c: Any, precision: str) -> int:
+    import cupy
+
+    if precision == "bf16":
+        return int(((c & 0x7FFF) >= 0x7F80).sum())  # exponent all ones: Inf or NaN
+    return int((~cupy.isfinite(c)).sum())
+
+
+def check_product(a: Any, b: Any, c: Any, precision: str) -> Check:
+    """Device arrays C == A @ B? Every element finite (the NaN poison overwritten), then CHECK_ROWS random
+    rows against a float64 NumPy product of the same inputs. Shared by every GEMM workload."""
+    bad = _nonfinite(c, precision)
+    if bad:
+        return Check(ok=False, detail=f"{bad} output elements are NaN or Inf (unwritten or overflowed)")
+    m = c.shape[0]
+    rows = np.random.default_rng(m).choice(m, size=min(CHECK_ROWS, m), replace=False)
+    out = _host_values(c[rows].get(), precision)
+    ref = _host_values(a[rows].get(), precision) @ _host_values(b.get(), precision)
+    return check_close(out, ref, TOLERANCE[precision],
+                       f"{len(rows)} random rows vs float64 NumPy on the same inputs")
 
 
 def selftest_cases() -> list[Workload]:

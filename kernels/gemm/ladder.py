@@ -1,0 +1,154 @@
+"""fp32 GEMM ladder, C = A @ B in Numba-CUDA: the rung registry and the one workload that runs any rung.
+
+Row-major A[M,K], B[K,N], C[M,N]; fp32 in, out and accumulation. Each rung lives in its own module
+`rungNN_<name>.py` beside this one (SGEMM_CUDA's numbering; a module name cannot start with a digit) and
+declares `RUNG = Rung(...)`; `rungs()` finds them, so adding a rung touches that one file and, at most,
+its suite. Model FLOPs and minimum bytes are the GEMM's own (kernels/cublas_gemm.py), whatever the rung.
+
+fp32 tolerance: the check is norm-wise (mfugap.verify). Summing K fp32 products in order has a relative
+error below sqrt(K) * 2^-24 for random inputs: bound 3.8e-6 and measured 1.1e-6 at K = 4096, so
+TOLERANCE["fp32"] = 1e-5 holds as it is; a wrong index or a lost tile is off by far more.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numba import cuda
+
+import mfugap.kernels.gemm
+from mfugap.cuda_source import CompileReport, parse_ptxas_log
+from mfugap.kernels import cublas_gemm
+from mfugap.verify import TOLERANCE, check_close
+from mfugap.workload import Check, Workload
+
+Dims = tuple[int, ...]
+SIGNATURE = "void(float32[:, ::1], float32[:, ::1], float32[:, ::1])"  # C-contiguous A, B, C
+SMALL_ODD_SHAPES = ((37, 45, 29), (257, 131, 75))  # M, N, K: partial tiles everywhere; simulator: first
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One step of the ladder: a kernel `kernel[grid, block](a, b, c)` and how to launch it."""
+
+    number: int
+    name: str
+    description: str  # one line: what this rung demonstrates
+    kernel: Any  # a numba.cuda kernel
+    launch_config: Callable[[int, int], tuple[Dims, Dims]]  # (M, N) -> (grid, block)
+    tile: tuple[int, int]  # rows x columns of C that one block computes
+
+
+def rungs() -> list[Rung]:
+    """Every `RUNG` declared by a `rung*` module of this package, in rung order."""
+    package = mfugap.kernels.gemm
+    found = [importlib.import_module(f"{package.__name__}.{info.name}").RUNG
+             for info in pkgutil.iter_modules(package.__path__) if info.name.startswith("rung")]
+    return sorted(found, key=lambda r: r.number)
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# inline="always" inlines at Numba-IR level, so kernels calling this compile offline too: a plain
+# device function is compiled for the current device, which compile_ptx without a GPU does not have.
+@cuda.jit(device=True, inline="always")
+def load_or_zero(x: Any, row: int, col: int) -> Any:
+    """x[row, col], or 0 outside x: a tile hanging over the matrix edge reads zeros, which add nothing."""
+    if row < x.shape[0] and col < x.shape[1]:
+        return x[row, col]
+    return np.float32(0)
+
+
+def run_small(rung: Rung, m: int, n: int, k: int, seed: int = 0) -> Check:
+    """Run `rung` once on NumPy inputs and compare all of C (poisoned with NaN first) with float64 NumPy.
+
+    Runs wherever numba.cuda points: the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) or a GPU.
+    """
+    rng = np.random.default_rng(seed)
+    a = rng.random((m, k), dtype=np.float32) * 2 - 1
+    b = rng.random((k, n), dtype=np.float32) * 2 - 1
+    c = cuda.to_device(np.full((m, n), np.nan, dtype=np.float32))
+    grid, block = rung.launch_config(m, n)
+    rung.kernel[grid, block](cuda.to_device(a), cuda.to_device(b), c)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    return check_close(c.copy_to_host(), ref, TOLERANCE["fp32"], f"{m}x{n}x{k} vs float64 NumPy")
+
+
+def compile_offline(rung: Rung, arch: str) -> CompileReport:
+    """PTX and ptxas report for `arch` (e.g. "sm_90") without a GPU: NVVM through compile_ptx, ptxas
+    through nvJitLink. Needs the real numba.cuda (the simulator has no compiler) and cuda-core."""
+    from cuda.core import Linker, LinkerOptions, ObjectCode
+
+    cc = (int(arch[3:-1]), int(arch[-1]))
+    ptx, _ = cuda.compile_ptx(rung.kernel.py_func, SIGNATURE, cc=cc)
+    linker = Linker(ObjectCode.from_ptx(ptx.encode()), options=LinkerOptions(arch=arch, verbose=True))
+    linker.link("cubin")
+    return CompileReport(arch=arch, ptx=ptx, kernels=parse_ptxas_log(linker.get_info_log()))
+
+
+class NumbaGemm(Workload):
+    """One rung of the ladder at one shape, fp32, measured like any other workload."""
+
+    precision = "fp32"
+    alt_precisions = ("bf16",)  # an fp32 kernel also shows how far it is from the tensor cores
+
+    def __init__(self, rung: Rung, m: int, n: int, k: int) -> None:
+        if min(m, n, k) < 1:
+            raise ValueError(f"GEMM dimensions must be positive, got {m}x{n}x{k}")
+        self.rung = rung
+        self.name = f"gemm_{rung.name}"
+        self.params = {"m": m, "n": n, "k": k}
+        self.buf = {}
+
+    @property
+    def label(self) -> str:
+        m, n, k = self.params.values()
+        return f"rung {self.rung.number} {self.rung.name} fp32 {m}x{n}x{k}"
+
+    def flops(self) -> int:
+        return cublas_gemm.flops(**self.params)
+
+    def min_bytes(self) -> int:
+        return cublas_gemm.min_bytes(**self.params, precision="fp32")
+
+    def footprint_bytes(self) -> int:
+        return self.min_bytes()
+
+    def setup(self, stream: Any) -> None:
+        import cupy
+
+        m, n, k = self.params.values()
+        with stream:
+            self.buf["a"] = cupy.random.random((m, k), dtype=cupy.float32) * 2 - 1
+            self.buf["b"] = cupy.random.random((k, n), dtype=cupy.float32) * 2 - 1
+            self.buf["c"] = cupy.empty((m, n), dtype=cupy.float32)
+        # Views made once here: making one synchronizes on the array's stream (CUDA Array Interface),
+        # which must stay out of `launch`.
+        self.buf["views"] = tuple(cuda.as_cuda_array(self.buf[x]) for x in "abc")
+
+    def poison(self) -> None:
+        self.buf["c"].fill(np.nan)
+
+    def launch(self, stream: Any) -> None:
+        grid, block = self.rung.launch_config(self.params["m"], self.params["n"])
+        self.rung.kernel[grid, block, cuda.external_stream(stream.ptr)](*self.buf["views"])
+
+    def check(self) -> Check:
+        return cublas_gemm.check_product(self.buf["a"], self.buf["b"], self.buf["c"], "fp32")
+
+
+def selftest_cases() -> list[NumbaGemm]:
+    """`mfugap selftest` on a GPU: every rung through the harness path, on small odd shapes."""
+    return [NumbaGemm(r, *shape) for r in rungs() for shape in SMALL_ODD_SHAPES]
+
+
+def simulator_checks() -> Iterator[tuple[str, Check]]:
+    """`mfugap selftest` without a GPU: every rung in the CUDA simulator (slow: one small shape)."""
+    for r in rungs():
+        yield f"gemm_{r.name}", run_small(r, *SMALL_ODD_SHAPES[0])
