@@ -1,0 +1,38 @@
+"""Memory-bound rows: the STREAM family, the vendor's device-to-device copy, and batch-1 bf16 GEMV.
+
+Every row here keeps NVML GPU-Util near 100% and the memory system near its bandwidth, while MFU stays
+around 1% or below: these kernels do at most 2 FLOPs per 4 to 12 bytes moved (GEMV about 1 per byte),
+so the roofline itself caps them far under the FLOP peak. MBU is the number that says whether they are
+well written.
+"""
+from __future__ import annotations
+
+import pytest
+
+from mfugap.kernels import gemv, stream
+
+LESSON = """An MFU near 1% is no sign of bad configuration when MBU is high: STREAM kernels and batch-1
+GEMV do about one FLOP per byte or less, so the roofline caps them far under the FLOP peak and MBU is
+their measure. Compare the triad with the vendor's device-to-device memcpy to see how close a
+hand-written kernel gets to the bandwidth the hardware actually delivers."""
+
+
+@pytest.mark.parametrize("op", list(stream.OPS))
+def test_stream(measure, gpu, quick, op):
+    """fp32 over arrays of at least 4x L2, bytes counted STREAM's way (4 per element of each array):
+    copy a = b (0 FLOPs, 8 B per element), scale a = s*b (1, 8 B), add a = b + c (1, 12 B),
+    triad a = b + s*c (2, 12 B), dot sum b*c (2, 8 B)."""
+    n = stream.default_n(gpu.device.l2_bytes, quick)
+    measure(stream.StreamOp(op, n, gpu.device.sm_count))
+
+
+def test_memcpy_d2d(measure, gpu, quick):
+    """cudaMemcpyAsync device to device of n fp32 elements: 2 x 4n bytes (read + write), 0 FLOPs."""
+    measure(stream.DeviceCopy(stream.default_n(gpu.device.l2_bytes, quick)))
+
+
+@pytest.mark.parametrize(("rows", "cols"), gemv.SHAPES)
+def test_gemv_bf16(measure, gpu, rows, cols):
+    """y = W x, W [rows x cols] bf16, x bf16, y fp32: 2*rows*cols FLOPs and 2*rows*cols + 2*cols +
+    4*rows bytes. W rotates through copies adding up to 4x L2, so each launch reads it from DRAM."""
+    measure(gemv.Gemv(rows, cols, gpu.device.l2_bytes))
