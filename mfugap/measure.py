@@ -124,8 +124,9 @@ def measure(workload: Workload, ctx: GpuContext, config: WindowConfig, suite: st
 
 def _identity(workload: Workload, suite: str) -> dict:
     row = empty_row()
-    row.update(suite=suite, workload=workload.name, label=workload.label, precision=workload.precision,
-               params=dict(workload.params), flops=workload.flops(), bytes=workload.min_bytes())
+    row.update(suite=suite, workload=workload.name, label=workload.row_label, precision=workload.precision,
+               params={**workload.params, **workload.notes}, flops=workload.flops(),
+               bytes=workload.min_bytes())
     return row
 
 

@@ -46,10 +46,10 @@ def run_case(workload: Any, stream: Any) -> Line:
     try:
         verdict = verify(workload, stream)
     except Exception as exc:  # one broken kernel must not hide the verdicts on the others
-        return Line("failed", workload.label, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        return Line("failed", workload.row_label, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
     finally:
         workload.teardown()
-    return Line("ok" if verdict.ok else "failed", workload.label, verdict.detail)
+    return Line("ok" if verdict.ok else "failed", workload.row_label, verdict.detail)
 
 
 def compile_lines() -> Iterator[Line]:

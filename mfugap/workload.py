@@ -7,7 +7,9 @@ times itself and never synchronizes inside `launch`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 PRECISION_NONE = "none"  # the workload does no model math (a spin); its MFU is 0 by definition
@@ -35,6 +37,17 @@ class Workload(ABC):
     params: dict[str, Any]
     buf: dict[str, Any]  # device buffers, filled by setup and dropped by teardown
     alt_precisions: tuple[str, ...] = ()  # other peaks to report MFU against (fp32 rungs vs bf16)
+    notes: Mapping[str, Any] = MappingProxyType({})  # facts a suite adds to the row; see annotate()
+
+    def annotate(self, **notes: Any) -> Workload:
+        """Add facts about this case (waves, a slice, an expected value) to its row's params and label.
+        They describe the case; they never change what it computes."""
+        self.notes = {**self.notes, **notes}
+        return self
+
+    @property
+    def row_label(self) -> str:
+        return " ".join([self.label, *(f"{k}={v}" for k, v in self.notes.items())])
 
     @property
     def label(self) -> str:

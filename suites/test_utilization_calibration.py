@@ -40,7 +40,7 @@ def expected_sm_util_pct(blocks: int, sm_count: int) -> float:
 def test_spin_occupies_a_share_of_the_sms(measure, gpu, share):
     """blocks = 1, floor(0.2 x SMs), or 4 x SMs single-thread blocks spinning 20 ms each: 0 FLOPs."""
     sms = gpu.device.sm_count
-    workload = spin.Spin(blocks=blocks_for(share, sms), ms=20.0)
-    workload.params["expected_sm_util_pct"] = round(expected_sm_util_pct(workload.params["blocks"], sms), 1)
-    measure(workload)
+    blocks = blocks_for(share, sms)
+    measure(spin.Spin(blocks=blocks, ms=20.0).annotate(
+        expected_sm_util_pct=round(expected_sm_util_pct(blocks, sms), 1)))
 

@@ -178,3 +178,12 @@ def test_verification_runs_with_the_stream_current():
     ctx = FakeContext(clock)
     measure(Axpy(10, clock), ctx, TINY, suite="demo")
     assert ctx.stream.entered == 1
+
+
+def test_notes_reach_the_row_without_changing_the_shape():
+    clock = _clock()
+    w = Axpy(100, clock).annotate(waves=0.5)
+    row = measure(w, FakeContext(clock), TINY, suite="demo")
+    assert row["params"] == {"n": 100, "waves": 0.5}
+    assert row["label"] == "axpy n=100 waves=0.5"
+    assert w.params == {"n": 100} and Axpy(1, clock).notes == {}
