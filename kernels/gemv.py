@@ -21,7 +21,7 @@ import numpy as np
 
 from mfugap.cuda_source import CudaSource
 from mfugap.verify import TOLERANCE, check_close, from_bf16_bits, sample_indices, to_bf16_bits
-from mfugap.workload import Check, Workload
+from mfugap.workload import Check, Workload, rotation_copies
 
 SOURCE = CudaSource(r"""
 // bf16 -> fp32 is exact: the bf16 bits are the top half of the fp32 word.
@@ -84,7 +84,6 @@ VECTOR = 8  # bf16 elements per 16-byte load
 MAX_COLS = 24576  # x in shared memory within the 48 KiB a block gets without an opt-in attribute
 BF16_NAN = 0x7FC0
 CHECK_ROWS = 256
-ROTATE_L2 = 4  # launches cycle through copies of W adding up to 4x L2, so W comes from DRAM, as in decoding
 
 
 def flops(rows: int, cols: int) -> int:
@@ -111,7 +110,7 @@ def blocks(rows: int) -> int:
 
 def weight_copies(rows: int, cols: int, l2_bytes: int | None) -> int:
     """Copies of W to rotate through so that consecutive launches never find W in L2."""
-    return max(1, -(-ROTATE_L2 * (l2_bytes or 0) // (2 * rows * padded_cols(cols))))
+    return rotation_copies(2 * rows * padded_cols(cols), l2_bytes)
 
 
 def reference(w_bits: np.ndarray, x_bits: np.ndarray) -> np.ndarray:

@@ -85,3 +85,12 @@ class Workload(ABC):
     def teardown(self) -> None:
         """Drop device buffers so the next case gets the memory back."""
         self.buf = {}
+
+
+ROTATE_L2 = 4  # rotated copies add up to 4x L2, so consecutive launches never find their input cached
+
+
+def rotation_copies(nbytes: int, l2_bytes: int | None) -> int:
+    """Copies of an `nbytes` input to cycle through so that each launch reads it from DRAM, as a real
+    workload that streams fresh weights would (1 when the L2 size is unknown or the input is large)."""
+    return max(1, -(-ROTATE_L2 * (l2_bytes or 0) // nbytes))

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mfugap.kernels import cublas_gemm, spin, stream
+from mfugap.kernels import cublas_gemm, dense_gemm, spin, stream
 from mfugap.verify import to_bf16_bits
 
 
@@ -30,9 +30,9 @@ def test_triad_arrays_stay_at_least_4x_l2(l2, quick, expected):
 
 
 def test_gemm_counts():
-    assert cublas_gemm.flops(8192, 8192, 8192) == 2 * 8192**3
-    assert cublas_gemm.min_bytes(8192, 8192, 8192, "bf16") == 2 * 3 * 8192**2
-    assert cublas_gemm.min_bytes(4, 5, 6, "fp32") == 4 * (4 * 6 + 6 * 5 + 4 * 5)
+    assert dense_gemm.flops(8192, 8192, 8192) == 2 * 8192**3
+    assert dense_gemm.min_bytes(8192, 8192, 8192, "bf16") == 2 * 3 * 8192**2
+    assert dense_gemm.min_bytes(4, 5, 6, "fp32") == 4 * (4 * 6 + 6 * 5 + 4 * 5)
     g = cublas_gemm.CublasGemm(64, 48, 80, "tf32")
     assert g.flops() == 2 * 64 * 48 * 80 and g.label == "cuBLAS tf32 64x48x80"
 
@@ -46,8 +46,8 @@ def test_gemm_rejects_bad_input():
 
 def test_gemm_host_values_decode_bf16():
     x = np.array([[1.5, -0.25]], dtype=np.float32)
-    np.testing.assert_array_equal(cublas_gemm._host_values(to_bf16_bits(x), "bf16"), x.astype(np.float64))
-    np.testing.assert_array_equal(cublas_gemm._host_values(x, "fp32"), x.astype(np.float64))
+    np.testing.assert_array_equal(dense_gemm.host_values(to_bf16_bits(x), "bf16"), x.astype(np.float64))
+    np.testing.assert_array_equal(dense_gemm.host_values(x, "fp32"), x.astype(np.float64))
 
 
 def test_spin_does_no_math_and_is_bounded():
@@ -71,3 +71,28 @@ def test_spin_check_accepts_only_bounded_spins():
     # a stuck timer: the iteration cap ended the spin early, which is the bound working
     capped = np.array([0, spin.max_iters(ns)], dtype=np.uint64)
     assert spin.check_counters(capped, ns, slack_ns=5000).ok
+
+
+def test_small_gemm_weights_rotate_through_copies_beyond_l2():
+    l2 = 50 << 20
+    g = cublas_gemm.CublasGemm(1, 4096, 4096, "bf16", l2_bytes=l2)
+    weights = 2 * 4096 * 4096
+    assert g.copies == -(-4 * l2 // weights) == 7
+    assert g.footprint_bytes() == g.min_bytes() + 6 * weights
+    big = cublas_gemm.CublasGemm(8192, 16384, 16384, "bf16", l2_bytes=l2)  # 512 MiB of weights
+    assert big.copies == 1 and big.footprint_bytes() == big.min_bytes()
+    assert cublas_gemm.CublasGemm(1, 4096, 4096, "bf16").copies == 1  # L2 unknown: no rotation
+    g.buf["b_copies"] = list(range(g.copies))
+    assert [g.next_weights() for _ in range(9)] == [0, 1, 2, 3, 4, 5, 6, 0, 1]
+
+
+def test_gemm_nonfinite_counts_poison_in_every_storage():
+    from mfugap.verify import to_bf16_bits
+
+    c = np.array([[1.0, np.nan], [np.inf, -2.0]], dtype=np.float32)
+    assert dense_gemm.nonfinite(c, "fp32") == 2
+    assert dense_gemm.nonfinite(c.astype(np.float16), "fp16") == 2
+    bits = to_bf16_bits(c)
+    assert dense_gemm.nonfinite(bits, "bf16") == 2
+    bits[0, 1] = dense_gemm.BF16_NAN
+    assert dense_gemm.nonfinite(bits, "bf16") == 2

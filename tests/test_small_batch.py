@@ -65,7 +65,7 @@ def test_shape_notes_show_intensity_and_nominal_waves_in_label_and_params():
 def test_suite_builds_every_gemm_case_with_notes(gemm):
     """The suite's own test bodies, run against a measure() that only collects the workloads."""
     measured = []
-    gpu = SimpleNamespace(device=SimpleNamespace(sm_count=132))
+    gpu = SimpleNamespace(device=SimpleNamespace(sm_count=132, l2_bytes=50 << 20))
     cases = small_batch.gemm_cases(quick=False)
     for case in cases:
         small_batch.test_bf16_gemm_batch(measured.append, gpu, gemm, case)

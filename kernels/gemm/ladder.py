@@ -22,9 +22,9 @@ from numba import cuda
 
 import mfugap.kernels.gemm
 from mfugap.cuda_source import CompileReport, parse_ptxas_log
-from mfugap.kernels import cublas_gemm
+from mfugap.kernels.dense_gemm import DenseGemm
 from mfugap.verify import TOLERANCE, check_close
-from mfugap.workload import Check, Workload
+from mfugap.workload import Check
 
 Dims = tuple[int, ...]
 SIGNATURE = "void(float32[:, ::1], float32[:, ::1], float32[:, ::1])"  # C-contiguous A, B, C
@@ -92,55 +92,27 @@ def compile_offline(rung: Rung, arch: str) -> CompileReport:
     return CompileReport(arch=arch, ptx=ptx, kernels=parse_ptxas_log(linker.get_info_log()))
 
 
-class NumbaGemm(Workload):
+class NumbaGemm(DenseGemm):
     """One rung of the ladder at one shape, fp32, measured like any other workload."""
 
-    precision = "fp32"
+    precisions = ("fp32",)
     alt_precisions = ("bf16",)  # an fp32 kernel also shows how far it is from the tensor cores
 
     def __init__(self, rung: Rung, m: int, n: int, k: int) -> None:
-        if min(m, n, k) < 1:
-            raise ValueError(f"GEMM dimensions must be positive, got {m}x{n}x{k}")
+        super().__init__(m, n, k, "fp32")
         self.rung = rung
         self.name = f"gemm_{rung.name}"
-        self.params = {"m": m, "n": n, "k": k}
-        self.buf = {}
-
-    @property
-    def label(self) -> str:
-        m, n, k = self.params.values()
-        return f"rung {self.rung.number} {self.rung.name} fp32 {m}x{n}x{k}"
-
-    def flops(self) -> int:
-        return cublas_gemm.flops(**self.params)
-
-    def min_bytes(self) -> int:
-        return cublas_gemm.min_bytes(**self.params, precision="fp32")
-
-    def footprint_bytes(self) -> int:
-        return self.min_bytes()
+        self.kind = f"rung {rung.number} {rung.name}"
 
     def setup(self, stream: Any) -> None:
-        import cupy
-
-        m, n, k = self.params.values()
-        with stream:
-            self.buf["a"] = cupy.random.random((m, k), dtype=cupy.float32) * 2 - 1
-            self.buf["b"] = cupy.random.random((k, n), dtype=cupy.float32) * 2 - 1
-            self.buf["c"] = cupy.empty((m, n), dtype=cupy.float32)
+        super().setup(stream)
         # Views made once here: making one synchronizes on the array's stream (CUDA Array Interface),
         # which must stay out of `launch`.
         self.buf["views"] = tuple(cuda.as_cuda_array(self.buf[x]) for x in "abc")
 
-    def poison(self) -> None:
-        self.buf["c"].fill(np.nan)
-
     def launch(self, stream: Any) -> None:
         grid, block = self.rung.launch_config(self.params["m"], self.params["n"])
         self.rung.kernel[grid, block, cuda.external_stream(stream.ptr)](*self.buf["views"])
-
-    def check(self) -> Check:
-        return cublas_gemm.check_product(self.buf["a"], self.buf["b"], self.buf["c"], "fp32")
 
 
 def selftest_cases() -> list[NumbaGemm]:
