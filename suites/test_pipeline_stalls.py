@@ -1,0 +1,63 @@
+"""Pipeline stalls: the same bf16 GEMM step, starved, synchronized, copied into, or waiting on a peer.
+
+Every GEMM row does the math of one size^3 bf16 cuBLAS GEMM per step (2*size^3 FLOPs, bytes 3 * 2 *
+size^2) and adds one stall, so MFU falls by the GEMM's share of the step. What differs is whether NVML
+sees it: a starved loader and a synchronization leave the GPU with nothing queued, and GPU-Util falls
+with MFU; a kernel spinning on a flag for a straggling peer keeps GPU-Util at ~100% while MFU is 0.
+The harness's events bracket each whole launch, stall included, so a row's kernel time is its step time.
+
+Cases: 5 duty cycles + 2 sync stalls + 1 wait + 2 copies = 10 windows of 2.5 s; with warm-up and checks
+an estimated 45 s on an H100. --quick measures 3 duty cycles and 2048^3 GEMMs in 1 s windows.
+"""
+from __future__ import annotations
+
+import pytest
+
+from mfugap.kernels import flag_wait, stalls
+
+LESSON = """A starved loader or a synchronize-then-host-work step leaves the GPU with nothing queued,
+so GPU-Util falls together with MFU: util does see stalls that empty the queue. A kernel spinning on a
+flag while it waits for a straggling peer, as collectives do, reads ~100% GPU-Util at MFU 0, so waiting
+inside a kernel looks exactly like work. Copying each input batch inside the step costs step time and
+MFU that the row's bytes do not show, and more from pageable host memory than from pinned."""
+
+DUTY_PCT = (100, 75, 50, 25, 10)
+QUICK_DUTY_PCT = (100, 50, 10)
+
+
+def gemm_size(quick: bool) -> int:
+    return 2048 if quick else 8192
+
+
+@pytest.mark.parametrize("duty_pct", DUTY_PCT)
+def test_loader_starvation(measure, quick, duty_pct):
+    """Each step waits for the loader's next batch, one every t_kernel / duty of host time, then enqueues
+    C = A @ B (bf16, size^3). t_kernel is timed once in setup with events. The host runs ahead of the
+    GPU, so loading overlaps the previous GEMM and the GPU idles t_kernel * (1/duty - 1) per step:
+    busy share = duty, MFU = duty x the 100% row's MFU."""
+    if quick and duty_pct not in QUICK_DUTY_PCT:
+        pytest.skip(f"--quick measures duty cycles {QUICK_DUTY_PCT} only")
+    measure(stalls.LoaderStarved(gemm_size(quick), duty_pct=duty_pct))
+
+
+@pytest.mark.parametrize("host_ms", [0.0, 1.0])
+def test_sync_stall(measure, quick, host_ms):
+    """Each step enqueues C = A @ B, synchronizes the stream, then does host_ms of host work with nothing
+    queued: step = t_kernel + sync and launch latency + host_ms, MFU = MFU_gemm x t_kernel / step.
+    host_ms = 0 shows the bare cost of one synchronization per step."""
+    measure(stalls.SyncStall(gemm_size(quick), host_ms=host_ms))
+
+
+def test_communication_wait(measure):
+    """One thread spins on a flag in mapped pinned host memory until a host timer releases it 5 ms after
+    the wait was queued, as a rank waits in a collective for a straggler: 0 FLOPs, step ~= 5 ms plus the
+    host's gap between waits, busy by NVML's count throughout."""
+    measure(flag_wait.FlagWait(delay_ms=5.0))
+
+
+@pytest.mark.parametrize("host_memory", stalls.HOST_MEMORY)
+def test_input_copy(measure, quick, host_memory):
+    """Each step copies the input batch A (size^2 bf16, 2*size^2 bytes) host to device from pinned or
+    pageable memory, then computes C = A @ B on it: step = copy + t_kernel. The row's bytes stay the
+    GEMM's 3 * 2 * size^2: the copy is overhead in the step, not model traffic."""
+    measure(stalls.InputCopy(gemm_size(quick), host_memory=host_memory))
