@@ -1,0 +1,50 @@
+"""The top of the roofline: register-only peak loops beside cuBLAS, the vendor's best GEMM.
+
+Four loops with no memory traffic (fp32, fp64 and fp16x2 FMA chains, a bf16 mma.sync loop) show how close
+code can get to each datasheet peak; MFU against the clock-adjusted peak beside it says how much of any
+shortfall is the clock. cuBLAS GEMMs in fp32, tf32, bf16 and fp16 are the reference a real kernel is held
+to; the fp32 and tf32 rows also report MFU against the bf16 tensor peak, the rate the model could have had.
+"""
+from __future__ import annotations
+
+import pytest
+
+from mfugap.kernels import cublas_gemm, peak
+
+LESSON = """Even with no memory traffic at all, the top of the roofline sits below the datasheet: the
+register-only loops reach each pipe's peak only at the SM clock the card holds under load (compare MFU
+with the clock-adjusted figure), fp16 math on the FMA pipe tops out at 1/8 of the fp16 tensor peak, and
+on Hopper an mma.sync loop stays below what cuBLAS gets through wgmma. cuBLAS is the vendor's reference:
+a hand-written kernel is judged against its row, not against the datasheet."""
+
+CUBLAS_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+ALSO_AGAINST_BF16 = ("fp32", "tf32")  # what the same GEMM would be worth on the bf16 tensor cores
+
+
+@pytest.mark.parametrize("precision", sorted(peak.FMA_FORMATS))
+def test_peak_fma(measure, gpu, precision):
+    """Minsky FMA chains in registers, x -= e*y; y += e*x: FLOPs = threads x steps x 16 FMAs x 2 per lane.
+
+    fp32 (FFMA) and fp64 (DFMA, the vector FP64 peak) against their own peaks; fp16 is HFMA2 on __half2
+    (two lanes, 4 FLOPs an instruction) against the fp16 tensor peak, at most ~1/8 of it, and against fp32.
+    """
+    measure(peak.FmaPeak(precision, gpu.device.sm_count))
+
+
+def test_peak_bf16_mma(measure, gpu):
+    """mma.sync m16n8k16 bf16 x bf16 + fp32 in registers: FLOPs = warps x steps x 8 sets x 2*16*8*16."""
+    measure(peak.MmaPeak(gpu.device.sm_count))
+
+
+@pytest.mark.parametrize("precision", CUBLAS_PRECISIONS)
+def test_cublas_gemm(measure, quick, precision):
+    """C = A @ B through cuBLAS at s = 4096 (quick) or 8192: 2*s^3 FLOPs, each matrix moved once."""
+    size = 4096 if quick else 8192
+    gemm = cublas_gemm.CublasGemm(size, size, size, precision)
+    if precision in ALSO_AGAINST_BF16:
+        gemm.alt_precisions = ("bf16",)
+    measure(gemm)
+
+
+# GEMM ladder: the custom rungs (kernels/gemm/, one file per rung, found through their registry) are
+# measured below, each against the cuBLAS row of its precision above.
