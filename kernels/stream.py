@@ -301,9 +301,11 @@ class DeviceCopy(StreamOp):
     Verified like the copy kernel it is the ceiling for.
     """
 
+    NAME = "memcpy_d2d"
+
     def __init__(self, n: int) -> None:
         super().__init__("copy", n, sm_count=1)  # the runtime launches its own copy; no grid of ours
-        self.name = "memcpy_d2d"
+        self.name = self.NAME
 
     def launch(self, stream: Any) -> None:
         import cupy

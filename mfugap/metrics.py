@@ -121,3 +121,14 @@ def derive(*, flops: int, nbytes: int, kernel_s: float, window_s: float, reps: i
         "roofline_tflops": ceiling,
         "roofline_pct": None if flops == 0 else pct(achieved, ceiling),
     }
+
+
+def percent_of(rows: list[dict], reference: str, key: str, same: tuple[str, ...] = ()) -> dict[str, float]:
+    """Each row's `key` as a percentage of the `reference` workload's row that shares the fields in
+    `same` (a row field, or a param name): a rung against cuBLAS, a STREAM kernel against memcpy."""
+    def match(row: dict) -> tuple:
+        return tuple(row.get(f, row["params"].get(f)) for f in same)
+
+    refs = {match(r): r[key] for r in rows if r["workload"] == reference and r[key]}
+    return {r["label"]: 100.0 * r[key] / refs[match(r)] for r in rows
+            if r["workload"] != reference and r[key] is not None and match(r) in refs}

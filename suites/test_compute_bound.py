@@ -4,12 +4,15 @@ Four loops with no memory traffic (fp32, fp64 and fp16x2 FMA chains, a bf16 mma.
 code can get to each datasheet peak; MFU against the clock-adjusted peak beside it says how much of any
 shortfall is the clock. cuBLAS GEMMs in fp32, tf32, bf16 and fp16 are the reference a real kernel is held
 to; the fp32 and tf32 rows also report MFU against the bf16 tensor peak, the rate the model could have had.
+Our mma.sync GEMM (kernels/mma_gemm.py) runs the same shapes in bf16 and fp16; the summary gives its
+TFLOP/s as a percentage of cuBLAS.
 """
 from __future__ import annotations
 
 import pytest
 
-from mfugap.kernels import cublas_gemm, peak
+from mfugap.kernels import cublas_gemm, mma_gemm, peak
+from mfugap.metrics import percent_of
 
 LESSON = """Even with no memory traffic at all, the top of the roofline sits below the datasheet: the
 register-only loops reach each pipe's peak only at the SM clock the card holds under load (compare MFU
@@ -36,15 +39,27 @@ def test_peak_bf16_mma(measure, gpu):
     measure(peak.MmaPeak(gpu.device.sm_count))
 
 
+def gemm_size(quick: bool) -> int:
+    return 4096 if quick else 8192
+
+
 @pytest.mark.parametrize("precision", CUBLAS_PRECISIONS)
 def test_cublas_gemm(measure, quick, precision):
     """C = A @ B through cuBLAS at s = 4096 (quick) or 8192: 2*s^3 FLOPs, each matrix moved once."""
-    size = 4096 if quick else 8192
-    gemm = cublas_gemm.CublasGemm(size, size, size, precision)
+    s = gemm_size(quick)
+    gemm = cublas_gemm.CublasGemm(s, s, s, precision)
     if precision in ALSO_AGAINST_BF16:
         gemm.alt_precisions = ("bf16",)
     measure(gemm)
 
 
-# GEMM ladder: the custom rungs (kernels/gemm/, one file per rung, found through their registry) are
-# measured below, each against the cuBLAS row of its precision above.
+@pytest.mark.parametrize("precision", mma_gemm.PRECISIONS)
+def test_mma_sync_gemm(measure, quick, precision):
+    """The same C = A @ B through our mma.sync tensor-core kernel (2*s^3 FLOPs), read against cuBLAS."""
+    s = gemm_size(quick)
+    measure(mma_gemm.MmaGemm(s, s, s, precision))
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Our tensor-core kernel's TFLOP/s as a percentage of cuBLAS at the same precision and size."""
+    return {"% of cuBLAS": percent_of(rows, cublas_gemm.CublasGemm.name, "tflops", same=("precision", "m"))}

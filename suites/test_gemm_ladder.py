@@ -11,6 +11,7 @@ import pytest
 
 from mfugap.kernels import cublas_gemm
 from mfugap.kernels.gemm import ladder
+from mfugap.metrics import percent_of
 
 LESSON = """Every rung keeps GPU-Util near 100%: a kernel runs the whole window, however poorly it uses
 the chip. MFU climbs rung by rung as the kernel wastes fewer memory transactions and reuses each loaded
@@ -35,3 +36,8 @@ def test_cublas_fp32_ceiling(measure, quick):
     reference = cublas_gemm.CublasGemm(s, s, s, "fp32")
     reference.alt_precisions = ("bf16",)
     measure(reference)
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Each rung's TFLOP/s as a percentage of cuBLAS fp32 at the same size (SGEMM_CUDA's ladder table)."""
+    return {"% of cuBLAS fp32": percent_of(rows, cublas_gemm.CublasGemm.name, "tflops", same=("m",))}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from mfugap.kernels import gemv, stream
+from mfugap.metrics import percent_of
 
 LESSON = """An MFU near 1% is no sign of bad configuration when MBU is high: STREAM kernels and batch-1
 GEMV do about one FLOP per byte or less, so the roofline caps them far under the FLOP peak and MBU is
@@ -36,3 +37,8 @@ def test_gemv_bf16(measure, gpu, rows, cols):
     """y = W x, W [rows x cols] bf16, x bf16, y fp32: 2*rows*cols FLOPs and 2*rows*cols + 2*cols +
     4*rows bytes. W rotates through copies adding up to 4x L2, so each launch reads it from DRAM."""
     measure(gemv.Gemv(rows, cols, gpu.device.l2_bytes))
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Each STREAM kernel's GB/s as a percentage of the vendor's device-to-device memcpy."""
+    return {"% of memcpy GB/s": percent_of(rows, stream.DeviceCopy.NAME, "gbps")}

@@ -81,3 +81,22 @@ def test_derive_spin_has_zero_mfu_and_no_roofline_ratio():
                          peak_clock_tflops=None, bw_gbps=3350.0)
     assert out["mfu_pct"] == 0.0
     assert out["roofline_pct"] is None
+
+
+def _gemm_row(workload, label, precision, m, tflops):
+    return {"workload": workload, "label": label, "precision": precision, "params": {"m": m},
+            "tflops": tflops}
+
+
+def test_percent_of_reference_matches_by_fields_and_params():
+    rows = [
+        _gemm_row("cublas_gemm", "cuBLAS bf16", "bf16", 8, 800.0),
+        _gemm_row("cublas_gemm", "cuBLAS fp16", "fp16", 8, 400.0),
+        _gemm_row("gemm_mma_sync", "mma bf16", "bf16", 8, 400.0),
+        _gemm_row("gemm_mma_sync", "mma fp16", "fp16", 8, 300.0),
+        _gemm_row("gemm_mma_sync", "mma fp16 m4", "fp16", 4, 1.0),  # no cuBLAS row at m=4
+        _gemm_row("gemm_mma_sync", "failed", "bf16", 8, None),
+    ]
+    assert metrics.percent_of(rows, "cublas_gemm", "tflops", same=("precision", "m")) == {
+        "mma bf16": 50.0, "mma fp16": 75.0}
+    assert metrics.percent_of(rows, "nothing", "tflops") == {}
