@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import pytest
 
-from mfugap.kernels import gemv, stream
+from mfugap.kernels import elementwise, gemv, stream
 from mfugap.metrics import percent_of
 
 LESSON = """An MFU near 1% is no sign of bad configuration when MBU is high: STREAM kernels and batch-1
 GEMV do about one FLOP per byte or less, so the roofline caps them far under the FLOP peak and MBU is
 their measure. Compare the triad with the vendor's device-to-device memcpy to see how close a
 hand-written kernel gets to the bandwidth the hardware actually delivers."""
+
+
+CHAIN_STEPS = 8
 
 
 @pytest.mark.parametrize("op", list(stream.OPS))
@@ -42,3 +45,11 @@ def test_gemv_bf16(measure, gpu, rows, cols):
 def summarize(rows: list[dict]) -> dict:
     """Each STREAM kernel's GB/s as a percentage of the vendor's device-to-device memcpy."""
     return {"% of memcpy GB/s": percent_of(rows, stream.DeviceCopy.NAME, "gbps")}
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["separate-kernels", "fused"])
+def test_elementwise_chain(measure, gpu, quick, fused):
+    """y = 8 applications of v -> a*v + b to x, as 8 kernels or 1: 2*8*n FLOPs, 8n minimum bytes either
+    way; the separate kernels move 8 times that, so the same busy GPU takes ~8x longer (MBU ~1/8)."""
+    n = stream.default_n(gpu.device.l2_bytes, quick)
+    measure(elementwise.AffineChain(n, CHAIN_STEPS, fused, gpu.device.sm_count))
