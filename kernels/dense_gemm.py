@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from mfugap.verify import TOLERANCE, check_close, from_bf16_bits, sample_indices, to_bf16_bits
+from mfugap.verify import BF16_NAN, TOLERANCE, check_close, from_bf16_bits, sample_indices, to_bf16_bits
 from mfugap.workload import Check, Workload, rotation_copies
 
 ELEMENT_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}  # tf32 math reads and writes fp32
-BF16_NAN = 0x7FC0
 NONFINITE_EXPONENT = {"bf16": 0x7F80}  # bf16 bits with the exponent all ones: Inf or NaN
 CHECK_ROWS = 32  # rows of C compared with a float64 host product: 2*32*N*K FLOPs on the CPU
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mfugap.cuda_source import CudaSource
-from mfugap.verify import TOLERANCE, check_close, from_bf16_bits, sample_indices, to_bf16_bits
+from mfugap.verify import BF16_NAN, TOLERANCE, check_close, from_bf16_bits, sample_indices, to_bf16_bits
 from mfugap.workload import Check, Workload, rotation_copies
 
 SOURCE = CudaSource(r"""
@@ -82,7 +82,6 @@ THREADS = 256  # 8 warps, 8 rows per block
 ROWS_PER_BLOCK = THREADS // 32
 VECTOR = 8  # bf16 elements per 16-byte load
 MAX_COLS = 24576  # x in shared memory within the 48 KiB a block gets without an opt-in attribute
-BF16_NAN = 0x7FC0
 CHECK_ROWS = 256
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from mfugap.cuda_source import CudaSource
 from mfugap.kernels.stream import BLOCKS_PER_SM, THREADS, default_n
-from mfugap.verify import check_close, from_bf16_bits, sample_indices, to_bf16_bits
+from mfugap.verify import BF16_NAN, check_close, from_bf16_bits, sample_indices, to_bf16_bits
 from mfugap.workload import Check, Workload
 
 INTENSITIES = tuple(2.0**e for e in range(-2, 11))  # FLOP per byte: 1/4, 1/2, ..., 1024
@@ -54,7 +54,6 @@ TILE_BYTES = LANES * 16  # one 16-byte load per lane
 MIN_MMAS = 2  # one per accumulator chain: D0 and D1 together fill the lane's 16-byte bf16 store
 BF16_STEPS = 8  # bf16 inputs are multiples of 1/BF16_STEPS in [-2, 2]: few mantissa bits, exact sums
 REGS_PER_SM = 65536  # sm_80 and sm_90
-BF16_NAN = 0x7FC0  # the poison: no finite input or mma result has these bits
 
 # __launch_bounds__(THREADS, BLOCKS_PER_SM) caps registers at 32 so 8 blocks of 256 fill the SM: the grid
 # is exactly that many blocks per SM, and a block that did not fit would run as a second, mostly idle wave.

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from mfugap.kernels.cublas_gemm import CublasGemm
-from mfugap.kernels.dense_gemm import BF16_NAN
 from mfugap.timing import CupyEvents, EventClock, warm_up
+from mfugap.verify import BF16_NAN
 from mfugap.workload import Check, Workload
 
 SPIN_S = 5e-4  # the last stretch of a host wait spins: an OS sleep wakes tens of microseconds late

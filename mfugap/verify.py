@@ -9,6 +9,7 @@ import numpy as np
 
 from mfugap.workload import Check
 
+BF16_NAN = 0x7FC0  # a quiet-NaN bf16 bit pattern: the poison for bf16 outputs
 TOLERANCE = {"fp64": 1e-12, "fp32": 1e-5, "tf32": 2e-3, "fp16": 5e-3, "bf16": 1e-2}
 
 

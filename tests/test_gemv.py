@@ -7,7 +7,7 @@ import pytest
 
 from mfugap.cuda_source import OFFLINE_ARCHS
 from mfugap.kernels import gemv
-from mfugap.verify import from_bf16_bits, to_bf16_bits
+from mfugap.verify import BF16_NAN, from_bf16_bits, to_bf16_bits
 from tests.fake_cupy import Recorder, on_device
 
 H100_L2 = 50 * 2**20
@@ -27,7 +27,7 @@ def _workload_with_buffers(rows: int, cols: int, copies_l2: int | None = None) -
     rng = np.random.default_rng(rows)
     w = to_bf16_bits(rng.random((rows, cols), dtype=np.float32) * 2 - 1)
     x = to_bf16_bits(rng.random(cols, dtype=np.float32) * 2 - 1)
-    weights = np.full((g.copies, rows, g.ld), gemv.BF16_NAN, dtype=np.uint16)
+    weights = np.full((g.copies, rows, g.ld), BF16_NAN, dtype=np.uint16)
     weights[:, :, :cols] = w
     y = from_bf16_bits(w) @ from_bf16_bits(x)  # float32 accumulation
     g.buf = {"w": on_device(weights), "x": on_device(x), "y": on_device(y.astype(np.float32))}

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from mfugap.kernels import cublas_gemm, dense_gemm, spin, stream
-from mfugap.verify import to_bf16_bits
+from mfugap.verify import BF16_NAN, to_bf16_bits
 
 
 def test_triad_counts_stream_bytes_and_two_flops_per_element():
@@ -94,5 +94,5 @@ def test_gemm_nonfinite_counts_poison_in_every_storage():
     assert dense_gemm.nonfinite(c.astype(np.float16), "fp16") == 2
     bits = to_bf16_bits(c)
     assert dense_gemm.nonfinite(bits, "bf16") == 2
-    bits[0, 1] = dense_gemm.BF16_NAN
+    bits[0, 1] = BF16_NAN
     assert dense_gemm.nonfinite(bits, "bf16") == 2

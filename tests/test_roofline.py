@@ -9,7 +9,7 @@ import pytest
 from mfugap.cuda_source import OFFLINE_ARCHS
 from mfugap.kernels import roofline
 from mfugap.suites import test_roofline as suite
-from mfugap.verify import from_bf16_bits, to_bf16_bits
+from mfugap.verify import BF16_NAN, from_bf16_bits, to_bf16_bits
 from tests import fake_cupy
 
 GiB = 1 << 30
@@ -222,7 +222,7 @@ def test_fp32_point_on_the_host(host):
 def test_bf16_point_on_the_host(host):
     w = roofline.Bf16Roofline(0.5, 512 * 16 * 3, sm_count=2)
     x, y, tiles, pairs, group = _launched(host, w)
-    assert x is w.buf["x"] and y is w.buf["y"] and (y == roofline.BF16_NAN).all()
+    assert x is w.buf["x"] and y is w.buf["y"] and (y == BF16_NAN).all()
     assert (tiles, pairs, group) == (48, 1, 16) and {type(tiles), type(pairs)} == {np.int64, np.int32}
     assert set(np.unique(from_bf16_bits(x) * 8)) == set(range(-16, 17))
 
@@ -235,7 +235,7 @@ def test_bf16_point_on_the_host(host):
     run(pairs)
     verdict = w.check()
     assert verdict.ok and verdict.rel_err == 0.0
-    y[-8:] = roofline.BF16_NAN  # one lane of the last tile never stored
+    y[-8:] = BF16_NAN  # one lane of the last tile never stored
     assert "left 8 of" in w.check().detail
 
 
