@@ -1,4 +1,4 @@
-"""Command line: `mfugap run | report | specs | selftest`.
+"""Command line: `mfugap run | report | specs | mig | selftest`.
 
 Exit codes: 0 ok; 1 a case failed or a results file could not be read; 2 bad usage or unknown name;
 3 no GPU visible (the reason is printed, with the recorded tables); 130 interrupted.
@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     from mfugap.plugin import suite_names
 
     parser = argparse.ArgumentParser(prog="mfugap", description="GPU utilization vs Model FLOP Utilization")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,report,specs,selftest}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,report,specs,mig,selftest}")
 
     run = sub.add_parser("run", help="run the GPU suites, print the table, save the results")
     run.add_argument("--quick", action="store_true", help="small sizes and 1 s windows")
@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     specs.add_argument("--pci-id", type=lambda s: int(s, 16), help="PCI device id in hex, e.g. 0x2321")
     specs.add_argument("--json", action="store_true", help="print one JSON object (needs NAME)")
 
+    mig = sub.add_parser("mig", help="MIG fragmentation: SMs used and idle in each full layout of a GPU")
+    mig.add_argument("name", help='NVML name or catalog key, e.g. "NVIDIA H100 80GB HBM3" or h100-sxm')
+    mig.add_argument("--json", action="store_true", help="print one JSON object")
+
     sub.add_parser("selftest", help="verify every kernel (on the GPU, or what the CPU can check)")
     return parser
 
@@ -50,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _run, "report": _report, "specs": _specs, "selftest": _selftest}
+        commands = {"run": _run, "report": _report, "specs": _specs, "mig": _mig, "selftest": _selftest}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("mfugap: interrupted", file=sys.stderr)
@@ -79,6 +83,18 @@ def _specs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _mig(args: argparse.Namespace) -> int:
+    from mfugap import mig
+
+    try:
+        table = mig.fragmentation(mig.lookup(args.name))
+    except mig.MigTableError as exc:
+        print(f"mfugap mig: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(table.to_json(), indent=1) if args.json else mig.render(table))
+    return EXIT_OK
+
+
 def _report(args: argparse.Namespace) -> int:
     from mfugap.plugin import default_results_dir
     from mfugap.report import render_runs
@@ -98,6 +114,7 @@ def _report(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import pytest
 
+    from mfugap import mig
     from mfugap.device import gpu_unavailable_reason
     from mfugap.plugin import SUITES_DIR
 
@@ -112,10 +129,20 @@ def _run(args: argparse.Namespace) -> int:
     options += ["--quick"] * args.quick + ["--no-save"] * args.no_save
     if args.results_dir:
         options += ["--results-dir", str(args.results_dir)]
-    code = pytest.main([*paths, *options])
-    if code == pytest.ExitCode.INTERRUPTED:
+    # MIG enabled: one process per instance, since a CUDA process sees only one; the worst child decides
+    # (EXIT_OK < EXIT_FAILED < EXIT_INTERRUPTED).
+    children = mig.children([*paths, *options])
+    if children:
+        return max(_exit_code(code) for code in mig.run_children(children))
+    return _exit_code(pytest.main([*paths, *options]))
+
+
+def _exit_code(pytest_code: int) -> int:
+    import pytest
+
+    if pytest_code == pytest.ExitCode.INTERRUPTED:
         return EXIT_INTERRUPTED
-    return EXIT_OK if code == pytest.ExitCode.OK else EXIT_FAILED
+    return EXIT_OK if pytest_code == pytest.ExitCode.OK else EXIT_FAILED
 
 
 def _selftest(args: argparse.Namespace) -> int:
