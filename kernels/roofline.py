@@ -41,7 +41,6 @@ from mfugap.verify import BF16_NAN, check_close, from_bf16_bits, sample_indices,
 from mfugap.workload import Check, Workload
 
 INTENSITIES = tuple(2.0**e for e in range(-2, 11))  # FLOP per byte: 1/4, 1/2, ..., 1024
-QUICK_INTENSITIES = INTENSITIES[::2]  # every 4x, still from 1/4 to 1024
 
 FMA_A = 1 - 2**-12  # |a| < 1: the recurrence contracts towards b / (1 - a) = 0.5 and stays bounded
 FMA_B = 2**-13

@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,report,specs,mig,selftest}")
 
     run = sub.add_parser("run", help="run the GPU suites, print the table, save the results")
-    run.add_argument("--quick", action="store_true", help="small sizes and 1 s windows")
+    run.add_argument("--quick", action="store_true", help="fewer cases, smaller sizes, 0.8 s windows")
     run.add_argument("--suite", action="append", choices=suite_names(), metavar="NAME",
                      help=f"suite to run (repeatable; default all): {', '.join(suite_names())}")
     run.add_argument("--results-dir", type=Path, help="where results go (default: the checkout's results/)")

@@ -22,13 +22,14 @@ FREE_MEMORY_USE = 0.9  # leave room for cuBLAS workspaces and the allocator's ro
 
 @dataclass(frozen=True)
 class WindowConfig:
-    window_s: float = 2.5  # several NVML sample periods (1/6 s to 1 s depending on the product)
-    warmup_s: float = 0.5
+    window_s: float = 2.0  # several NVML sample periods (1/6 s to 1 s depending on the product)
+    warmup_s: float = 0.3
     min_reps: int = 10
 
     @classmethod
     def quick(cls) -> WindowConfig:
-        return cls(window_s=1.0, warmup_s=0.2, min_reps=5)
+        # still ~4 NVML samples at the 1/6 s period of H100-class boards
+        return cls(window_s=0.8, warmup_s=0.15, min_reps=5)
 
 
 class GpuContext:

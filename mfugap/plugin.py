@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ STATE_KEY = pytest.StashKey["RunState"]()
 
 def suite_names() -> list[str]:
     return sorted(p.stem.removeprefix("test_") for p in SUITES_DIR.glob("test_*.py"))
+
+
+def quick_subset(values: Iterable[Any], keep: Container[Any]) -> list[Any]:
+    """Parametrize values; those not in `keep` are marked full_only, so --quick leaves them out."""
+    return [v if v in keep else pytest.param(v, marks=pytest.mark.full_only) for v in values]
 
 
 def default_results_dir() -> Path:
@@ -92,7 +98,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--benchmark", action="store_true", dest="mfugap_benchmark",
                     help="run the GPU suites (suites/ when no path is given) and print the util-vs-MFU table")
     group.addoption("--quick", action="store_true", dest="mfugap_quick",
-                    help="small sizes and 1 s windows")
+                    help="fewer cases, smaller sizes, 0.8 s windows")
     group.addoption("--results-dir", dest="mfugap_results_dir", default=None,
                     help="where the run's results file goes (default: the checkout's results/)")
     group.addoption("--no-save", action="store_true", dest="mfugap_no_save",
@@ -108,6 +114,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE_KEY] = RunState(config)
+    config.addinivalue_line("markers", "gpu: needs a visible NVIDIA GPU; skipped with the reason otherwise")
+    config.addinivalue_line("markers", "full_only: a case --quick leaves out (deselected, not skipped)")
 
 
 def _is_suite(item: pytest.Item) -> bool:
@@ -116,6 +124,11 @@ def _is_suite(item: pytest.Item) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[STATE_KEY]
+    if config.option.mfugap_quick:
+        left_out = [item for item in items if item.get_closest_marker("full_only")]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if not item.get_closest_marker("full_only")]
     for item in items:
         suite = _is_suite(item)
         if suite and not config.option.mfugap_benchmark:

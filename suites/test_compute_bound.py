@@ -13,6 +13,7 @@ import pytest
 
 from mfugap.kernels import cublas_gemm, mma_gemm, peak
 from mfugap.metrics import percent_of
+from mfugap.plugin import quick_subset
 
 LESSON = """Even with no memory traffic at all, the top of the roofline sits below the datasheet: the
 register-only loops reach each pipe's peak only at the SM clock the card holds under load (compare MFU
@@ -24,7 +25,7 @@ CUBLAS_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 ALSO_AGAINST_BF16 = ("fp32", "tf32")  # what the same GEMM would be worth on the bf16 tensor cores
 
 
-@pytest.mark.parametrize("precision", sorted(peak.FMA_FORMATS))
+@pytest.mark.parametrize("precision", quick_subset(sorted(peak.FMA_FORMATS), keep=["fp32"]))
 def test_peak_fma(measure, gpu, precision):
     """Minsky FMA chains in registers, x -= e*y; y += e*x: FLOPs = threads x steps x 16 FMAs x 2 per lane.
 
@@ -43,7 +44,7 @@ def gemm_size(quick: bool) -> int:
     return 4096 if quick else 8192
 
 
-@pytest.mark.parametrize("precision", CUBLAS_PRECISIONS)
+@pytest.mark.parametrize("precision", quick_subset(CUBLAS_PRECISIONS, keep=["bf16"]))
 def test_cublas_gemm(measure, quick, precision):
     """C = A @ B through cuBLAS at s = 4096 (quick) or 8192: 2*s^3 FLOPs, each matrix moved once."""
     s = gemm_size(quick)
@@ -53,7 +54,7 @@ def test_cublas_gemm(measure, quick, precision):
     measure(gemm)
 
 
-@pytest.mark.parametrize("precision", mma_gemm.PRECISIONS)
+@pytest.mark.parametrize("precision", quick_subset(mma_gemm.PRECISIONS, keep=["bf16"]))
 def test_mma_sync_gemm(measure, quick, precision):
     """The same C = A @ B through our mma.sync tensor-core kernel (2*s^3 FLOPs), read against cuBLAS."""
     s = gemm_size(quick)

@@ -11,6 +11,7 @@ import pytest
 
 from mfugap.kernels import elementwise, gemv, stream
 from mfugap.metrics import percent_of
+from mfugap.plugin import quick_subset
 
 LESSON = """An MFU near 1% is no sign of bad configuration when MBU is high: STREAM kernels and batch-1
 GEMV do about one FLOP per byte or less, so the roofline caps them far under the FLOP peak and MBU is
@@ -21,7 +22,7 @@ hand-written kernel gets to the bandwidth the hardware actually delivers."""
 CHAIN_STEPS = 8
 
 
-@pytest.mark.parametrize("op", list(stream.OPS))
+@pytest.mark.parametrize("op", quick_subset(stream.OPS, keep=["triad", "dot"]))
 def test_stream(measure, gpu, quick, op):
     """fp32 over arrays of at least 4x L2, bytes counted STREAM's way (4 per element of each array):
     copy a = b (0 FLOPs, 8 B per element), scale a = s*b (1, 8 B), add a = b + c (1, 12 B),
@@ -35,10 +36,12 @@ def test_memcpy_d2d(measure, gpu, quick):
     measure(stream.DeviceCopy(stream.default_n(gpu.device.l2_bytes, quick)))
 
 
-@pytest.mark.parametrize(("rows", "cols"), gemv.SHAPES)
-def test_gemv_bf16(measure, gpu, rows, cols):
+@pytest.mark.parametrize("shape", quick_subset(gemv.SHAPES, keep=gemv.SHAPES[:1]),
+                         ids=lambda shape: "x".join(map(str, shape)))
+def test_gemv_bf16(measure, gpu, shape):
     """y = W x, W [rows x cols] bf16, x bf16, y fp32: 2*rows*cols FLOPs and 2*rows*cols + 2*cols +
     4*rows bytes. W rotates through copies adding up to 4x L2, so each launch reads it from DRAM."""
+    rows, cols = shape
     measure(gemv.Gemv(rows, cols, gpu.device.l2_bytes))
 
 

@@ -18,6 +18,7 @@ import pytest
 from mfugap import catalog, green, mig
 from mfugap.kernels import cublas_gemm, stream
 from mfugap.measure import GpuContext
+from mfugap.plugin import quick_subset
 from mfugap.workload import Workload
 
 LESSON = """A slice's peak scales with its SMs, so a 1g slice doing an eighth of the card's GEMM rate
@@ -27,6 +28,7 @@ an H100's 132 SMs, leaving 15% of it idle and whole-GPU MFU capped near 85%."""
 
 # Every card's profiles fit in this many cases; a card with fewer skips the rest.
 MAX_PROFILES = max(len(spec.mig_profiles) for spec in catalog.catalog())
+QUICK_PROFILES = (0, 3)  # the smallest slice and a middle one (3g on Hopper and Ampere)
 
 
 def _gemm(quick: bool) -> Workload:
@@ -76,7 +78,7 @@ def emulated_slice(gpu: GpuContext, contexts: green.GreenContexts,
         pytest.fail(str(exc), pytrace=False)
 
 
-@pytest.fixture(params=range(MAX_PROFILES), ids=lambda i: f"profile{i + 1}")
+@pytest.fixture(params=quick_subset(range(MAX_PROFILES), QUICK_PROFILES), ids=lambda i: f"profile{i + 1}")
 def emulated(request: pytest.FixtureRequest, gpu: GpuContext,
              green_contexts: green.GreenContexts) -> Iterator[tuple[GpuContext, green.GreenSlice]]:
     with emulated_slice(gpu, green_contexts, request.param) as pair:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from mfugap.kernels import roofline
+from mfugap.plugin import quick_subset
 
 LESSON = """GPU-Util reads ~100% at every point of the sweep, while MFU rises in step with intensity up to
 the ridge point and only then levels off: below it the GPU is fully busy waiting on DRAM. The measured
@@ -20,21 +21,23 @@ below the tensor peak."""
 INTENSITY_IDS = [f"{i:g}" for i in roofline.INTENSITIES]
 
 
+QUICK_INTENSITIES = roofline.INTENSITIES[::4]  # every 16x, still from 1/4 to 1024
+SWEEP = quick_subset(roofline.INTENSITIES, QUICK_INTENSITIES)
+
+
 def _measure_point(measure, gpu, quick: bool, point: type, intensity: float) -> None:
-    if quick and intensity not in roofline.QUICK_INTENSITIES:
-        pytest.skip("--quick sweeps every 4x")
     nbytes = roofline.default_input_bytes(gpu.device.l2_bytes, quick)
     measure(point(intensity, nbytes, gpu.device.sm_count))
 
 
-@pytest.mark.parametrize("intensity", roofline.INTENSITIES, ids=INTENSITY_IDS)
+@pytest.mark.parametrize("intensity", SWEEP, ids=INTENSITY_IDS)
 def test_fp32_roofline(measure, gpu, quick, intensity):
     """y[i] = f^k(x[i]), f(x) = x*a + b (one FMA), k = 4 x intensity: 2k FLOPs per 8 bytes (x read,
     y written)."""
     _measure_point(measure, gpu, quick, roofline.Fp32Roofline, intensity)
 
 
-@pytest.mark.parametrize("intensity", roofline.INTENSITIES, ids=INTENSITY_IDS)
+@pytest.mark.parametrize("intensity", SWEEP, ids=INTENSITY_IDS)
 def test_bf16_roofline(measure, gpu, quick, intensity):
     """Every group-th 512-byte tile through `mmas` m16n8k16 mmas, 2*16*8*16 FLOPs each; 1024 bytes per tile
     (read + write), so intensity = 4096 x mmas / (1024 x group)."""

@@ -20,6 +20,7 @@ import pytest
 
 from mfugap import metrics
 from mfugap.kernels import cublas_gemm, launch_bound
+from mfugap.plugin import quick_subset
 from mfugap.workload import Workload
 
 LESSON = """GPU-Util stays near 100% across the batch sweep while MFU falls from most of the tensor peak at
@@ -86,13 +87,8 @@ def _half_max(points: list[tuple[int, float]]) -> dict:
     return {"max MFU %": best, "at B": best_b, "half-max MFU from B": half_b}
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A quick run collects only the quick cases, so it shows no rows skipped for being slow."""
-    if "gemm_case" in metafunc.fixturenames:
-        cases = gemm_cases(metafunc.config.option.mfugap_quick)
-        metafunc.parametrize("gemm_case", cases, ids=[f"{shape}-B{b}" for shape, b in cases])
-
-
+@pytest.mark.parametrize("gemm_case", quick_subset(gemm_cases(quick=False), gemm_cases(quick=True)),
+                         ids=lambda case: f"{case[0]}-B{case[1]}")
 @pytest.mark.parametrize("gemm", list(GEMMS))
 def test_bf16_gemm_batch(measure, gpu, gemm, gemm_case):
     """C[B x N] = A[B x K] @ W[K x N] in bf16, fp32 accumulation: 2*B*N*K FLOPs and 2*(B*K + K*N + B*N)

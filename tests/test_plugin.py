@@ -75,3 +75,14 @@ def test_suite_summaries_see_only_their_ok_rows_and_never_lose_the_run():
     assert summaries["roofline"] == {"n": 1, "max": 1.0}
     assert summaries["other"] == {"error": "ZeroDivisionError: division by zero"}
     assert "plain" not in summaries
+
+
+def test_quick_deselects_full_only_cases(tmp_path):
+    (tmp_path / "test_cases.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.parametrize('n', [1, pytest.param(2, marks=pytest.mark.full_only)])\n"
+        "def test_case(n):\n    assert n\n")
+    quick = _pytest(tmp_path, "--quick", "test_cases.py")
+    assert "1 passed, 1 deselected" in quick.stdout, quick.stdout
+    full = _pytest(tmp_path, "test_cases.py")
+    assert "2 passed" in full.stdout, full.stdout
