@@ -169,3 +169,7 @@ class AxpyChainGraph(AxpyChainEager):
 
     def launch(self, stream: Any) -> None:
         self.buf["graph"].launch(stream)
+
+
+def selftest_cases() -> list[AxpyChainEager]:
+    return [chain(n=1003, count=7) for chain in (AxpyChainEager, AxpyChainGraph)]

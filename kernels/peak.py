@@ -420,3 +420,9 @@ class MmaPeak(_RegisterLoop):
 
     def _expected(self) -> np.ndarray:
         return mma_reference(self.params["steps"])
+
+
+def selftest_cases() -> list[Workload]:
+    """A few loop trips of every peak kernel on a two-SM grid: the same exact checks, seconds not minutes."""
+    return [*(FmaPeak(p, sm_count=2, steps=2 * UNROLL) for p in sorted(FMA_FORMATS)),
+            MmaPeak(sm_count=2, steps=2 * MMA_UNROLL)]

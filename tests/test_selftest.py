@@ -1,3 +1,4 @@
+import inspect
 import itertools
 import os
 import subprocess
@@ -6,6 +7,7 @@ from types import SimpleNamespace
 
 from mfugap import selftest
 from mfugap.cuda_source import OFFLINE_ARCHS, KernelReport
+from mfugap.workload import Workload
 from tests.fake_events import FakeEvents, FakeStream
 from tests.test_measure import Axpy
 
@@ -47,12 +49,15 @@ def test_spills_fail_unless_the_kernel_may_spill():
     assert line.status == "failed" and "identifier x" in line.detail and "more" not in line.detail
 
 
-def test_every_kernel_module_imports_and_offers_gpu_cases():
-    modules = selftest.kernel_modules()
-    with_cases = [m for m in modules if hasattr(m, "selftest_cases")]
-    assert with_cases
-    for module in with_cases:
-        for workload in module.selftest_cases():
+def test_every_kernel_module_with_a_workload_offers_gpu_cases():
+    for module in selftest.kernel_modules():
+        concrete = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, Workload)
+                    and c.__module__ == module.__name__ and not inspect.isabstract(c)]
+        if not concrete:
+            continue
+        cases = module.selftest_cases()
+        assert cases, f"{module.__name__} offers no selftest cases"
+        for workload in cases:
             assert workload.flops() >= 0 and workload.min_bytes() > 0
 
 
