@@ -19,6 +19,7 @@ import mfugap.suites
 from mfugap import measure as harness
 from mfugap.catalog import UnknownGpuError
 from mfugap.device import NoGpuError, gpu_unavailable_reason
+from mfugap.files import checkout_dir
 from mfugap.report import render_run
 from mfugap.results import ResultsError, build_run, write_run
 
@@ -37,10 +38,7 @@ def quick_subset(values: Iterable[Any], keep: Container[Any]) -> list[Any]:
 
 def default_results_dir() -> Path:
     """results/ of the checkout mfugap runs from; ./results when installed elsewhere."""
-    checkout = SUITES_DIR.parent
-    if (checkout / "pyproject.toml").is_file() and (checkout / "results").is_dir():
-        return checkout / "results"
-    return Path.cwd() / "results"
+    return checkout_dir("results")
 
 
 class RunState:

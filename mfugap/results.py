@@ -5,18 +5,18 @@ appears complete or not at all, so a crash or two runs finishing at once cannot 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import numbers
-import os
 import re
 import reprlib
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from mfugap import __version__
+from mfugap.files import write_new
 from mfugap.schema import GPU_FIELDS, RUN_FIELDS, SCHEMA_ID, SCHEMA_VERSION, empty_row
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -165,10 +165,11 @@ def write_run(run: dict, results_dir: Path) -> Path:
     validate_run(run, "run not written")
     gpu = run["gpu"]
     folder = Path(results_dir) / gpu_slug(gpu.get("slug") or gpu["name"])
-    folder.mkdir(parents=True, exist_ok=True)
     # JSON has no NaN or Infinity: a non-finite number is stored as null, like any value not measured.
     text = json.dumps(_finite(run), indent=1, sort_keys=False, allow_nan=False) + "\n"
-    return _write_new_file(folder, run_id(run), text)
+    stem = run_id(run)
+    names = (folder / (f"{stem}-{n}.json" if n else f"{stem}.json") for n in itertools.count())
+    return write_new(names, text)
 
 
 def _finite(value: object) -> object:
@@ -183,33 +184,6 @@ def _finite(value: object) -> object:
         return int(value)
     number = float(value)
     return number if math.isfinite(number) else None
-
-
-def _write_new_file(folder: Path, stem: str, text: str) -> Path:
-    """Write text to a temporary file, make it durable, then give it the first free name <stem>[-n].json."""
-    # A dot name ending in .tmp is skipped by load_runs, so readers never see a half-written file.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=folder)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        return _link_free_name(tmp, folder, stem)
-    finally:
-        tmp.unlink()
-
-
-def _link_free_name(tmp: Path, folder: Path, stem: str) -> Path:
-    # os.link refuses an existing target (unlike rename), so even a concurrent writer is never overwritten.
-    n = 0
-    while True:
-        final = folder / (f"{stem}-{n}.json" if n else f"{stem}.json")
-        try:
-            os.link(tmp, final)
-            return final
-        except FileExistsError:
-            n += 1
 
 
 def load_runs(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import mfugap
-from mfugap import results
+from mfugap import files
 from mfugap.results import (
     ResultsError,
     build_run,
@@ -149,7 +149,7 @@ def test_failed_link_removes_the_temp_file(tmp_path: Path, monkeypatch: pytest.M
     def no_link(src: object, dst: object) -> None:
         raise PermissionError("hard links not allowed here")
 
-    monkeypatch.setattr(results.os, "link", no_link)
+    monkeypatch.setattr(files.os, "link", no_link)
     with pytest.raises(PermissionError):
         write_run(_run(), tmp_path)
     assert list((tmp_path / "nvidia-h100-80gb-hbm3").iterdir()) == []
