@@ -1,4 +1,4 @@
-"""Command line: `mfugap run | report | specs | mig | selftest`.
+"""Command line: `mfugap run | report | specs | mig | selftest | trace`.
 
 Exit codes: 0 ok; 1 a case failed or a results file could not be read; 2 bad usage or unknown name;
 3 no GPU visible (the reason is printed, with the recorded tables); 130 interrupted.
@@ -12,10 +12,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 
 from mfugap import catalog
+
+if TYPE_CHECKING:
+    from mfugap.device import DeviceInfo
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_GPU, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 REPORT_FORMATS = ("table", "markdown", "csv", "json")
@@ -25,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     from mfugap.plugin import suite_names
 
     parser = argparse.ArgumentParser(prog="mfugap", description="GPU utilization vs Model FLOP Utilization")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,report,specs,mig,selftest}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{run,report,specs,mig,selftest,trace}")
 
     run = sub.add_parser("run", help="run the GPU suites, print the table, save the results")
     run.add_argument("--quick", action="store_true", help="fewer cases, smaller sizes, 0.8 s windows")
@@ -48,13 +53,30 @@ def _parser() -> argparse.ArgumentParser:
     mig.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub.add_parser("selftest", help="verify every kernel (on the GPU, or what the CPU can check)")
+
+    trace = sub.add_parser("trace", help="record this GPU's raw NVML answers (idle, spin, GEMM) as test data")
+    trace.add_argument("--out", type=Path,
+                       help="file to write (default: tests/data/traces/<gpu>-<driver>.json in the checkout)")
+    trace.add_argument("--seconds", type=_phase_seconds, default=2.0, help="length of each phase (default 2)")
     return parser
+
+
+def _phase_seconds(text: str) -> float:
+    # GPM needs samples > 0.1 s apart and NVML samples every 1/6 to 1 s: shorter phases show nothing
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0.5:
+        raise argparse.ArgumentTypeError(f"needs a number of seconds >= 0.5, got {text!r}")
+    return seconds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _run, "report": _report, "specs": _specs, "mig": _mig, "selftest": _selftest}
+        commands = {"run": _run, "report": _report, "specs": _specs, "mig": _mig, "selftest": _selftest,
+                    "trace": _trace}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("mfugap: interrupted", file=sys.stderr)
@@ -169,6 +191,45 @@ def _selftest(args: argparse.Namespace) -> int:
         print(line, flush=True)
         failed += line.status == "failed"
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from mfugap import trace
+    from mfugap.device import gpu_unavailable_reason
+
+    reason = gpu_unavailable_reason()
+    if reason is not None:
+        print(f"mfugap trace: no GPU visible: {reason}", file=sys.stderr)
+        return EXIT_NO_GPU
+    nvml, device, stream = trace.open_gpu()
+    out = args.out or trace.default_path(device.name, device.driver_version)
+    refusal = _trace_refusal(device, out)
+    if refusal is not None:
+        print(f"mfugap trace: {refusal}", file=sys.stderr)
+        return EXIT_USAGE
+    if device.other_processes:
+        print(f"mfugap trace: warning: {len(device.other_processes)} other process(es) on the GPU: its "
+              f"NVML util is not this trace's alone", file=sys.stderr)
+    print(f"mfugap trace: recording {device.name}: idle, spin and GEMM phases of {args.seconds:g} s each",
+          file=sys.stderr, flush=True)
+    try:
+        recorded = trace.record(nvml, device.handle, trace.gpu_phases(stream, args.seconds))
+        path = trace.write(recorded, out)
+    except trace.TraceError as exc:
+        print(f"mfugap trace: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(trace.summary_text(recorded))
+    print(f"mfugap trace: wrote {path}")
+    return EXIT_OK
+
+
+def _trace_refusal(device: DeviceInfo, out: Path) -> str | None:
+    """Why a trace must not be recorded here, before minutes of recording are spent; None if it may."""
+    if device.is_mig:
+        return "this process sees a MIG instance, which has no GPU-Util; trace a GPU with MIG disabled"
+    if out.exists():  # write() refuses again at the end, should the file appear meanwhile
+        return f"{out} exists and is never overwritten; choose another file with --out"
+    return None
 
 
 if __name__ == "__main__":

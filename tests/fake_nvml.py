@@ -12,7 +12,11 @@ Per test: `FakeNvml(FakeGpu(...))` (several GPUs, or none), then
 - `hidden = {name}`: hide a function, as an older pynvml would lack it;
 - `calls`: names in call order; `returned[name]`: values handed out by polled queries.
 A polled value (sm_clock_mhz, power_mw, clock_event_reasons, util_gpu, util_mem) may be a list, read in a
-cycle. `util_samples` is a list of (timestamp_us, percent) that a test may append to while a sampler runs.
+cycle; a `pynvml.NVMLError` in the list is raised when its turn comes. `util_samples` is a list of
+(timestamp_us, percent) that a test may append to while a sampler runs.
+
+Replay: `FakeNvml.from_trace(trace, phase)` answers as the GPU of a recorded trace (mfugap.trace) did during
+one phase; `play()`, called inside the Sampler's window, lets the phase's util samples arrive.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ import itertools
 from dataclasses import dataclass, field
 
 import pynvml
+
+from mfugap import trace as traces
 
 GIB = 1 << 30
 
@@ -95,6 +101,39 @@ def _fail(code: int):
     raise pynvml.NVMLError(code)
 
 
+# ---- replay helpers (see FakeNvml.from_trace) ----
+
+def _replayed(answer):
+    """A recorded answer as a polled value: a failed call becomes the error to raise in its turn."""
+    return pynvml.NVMLError(answer["error"]) if traces.is_error(answer) else answer
+
+
+def _distinct(polls: list[dict]) -> list[tuple[int, int]]:
+    """Every util sample the polls read, once each, oldest first."""
+    return sorted(dict.fromkeys(s for poll in polls for s in traces.util_samples(poll)))
+
+
+def _gpm_values(gpm: dict | None) -> dict[int, float]:
+    """The metrics NVML computed; a failed one is left out, so the fake answers NOT_SUPPORTED for it."""
+    metrics = (gpm or {}).get("metrics", {})
+    return {int(key): m["value"] for key, m in metrics.items() if m["nvmlReturn"] == pynvml.NVML_SUCCESS}
+
+
+def _replayed_errors(device: dict, polls: list[dict], gpm: dict | None) -> dict[str, int]:
+    """Calls that failed whole while recording, to fail on every call in the replay."""
+    errors = {}
+    buffer_codes = [poll["util_samples"]["error"] for poll in polls if "error" in poll["util_samples"]]
+    # NOT_FOUND only says nothing was new; any other code means the buffer could not be read
+    failed = [code for code in buffer_codes if code != pynvml.NVML_ERROR_NOT_FOUND]
+    if failed:
+        errors["nvmlDeviceGetSamples"] = failed[0]
+    if traces.is_error(device["gpm_supported"]):
+        errors["nvmlGpmQueryDeviceSupport"] = device["gpm_supported"]["error"]
+    if gpm is not None and "error" in gpm:
+        errors[gpm["error"]["call"]] = gpm["error"]["code"]
+    return errors
+
+
 class FakeNvml:
     NVMLError = pynvml.NVMLError
     NVMLLibraryMismatchError = pynvml.NVMLLibraryMismatchError
@@ -121,7 +160,44 @@ class FakeNvml:
         self.returned: dict[str, list] = {}
         self.gpm_live: dict[int, object] = {}  # address -> allocated GPM sample struct
         self.gpm_filled: dict[int, int] = {}  # address -> GPU index the sample was taken on
+        self.pending_samples: list[tuple[int, int]] = []  # util samples play() adds (replay)
         self._cycles: dict[tuple[str, int], itertools.cycle] = {}
+
+    @classmethod
+    def from_trace(cls, trace: dict, phase: str) -> FakeNvml:
+        """One GPU answering as the traced GPU did during `phase`: the polled queries serve the phase's
+        polls in a cycle (recorded errors included), the util buffer holds what NVML's held when the phase
+        started, pending_samples what the phase added, and GPM answers with the phase's metrics."""
+        device, gpm = trace["device"], traces.find_phase(trace, phase)["gpm"]
+        polls = traces.phase_polls(trace, phase)
+        utilization = [_replayed(poll["utilization"]) for poll in polls]
+        mig_mode = traces.answer_value(device["mig_mode"])
+        gpu = FakeGpu(
+            name=traces.answer_value(device["name"], "unknown"),
+            pci_device_id=traces.answer_value(device["pci_device_id"], 0),
+            mig_mode=tuple(mig_mode) if mig_mode is not None else None,
+            sm_clock_max_mhz=traces.answer_value(device["sm_clock_max_mhz"], 0),
+            power_limit_mw=traces.answer_value(device["power_limit_mw"], 0),
+            sm_clock_mhz=[_replayed(poll["sm_clock_mhz"]) for poll in polls],
+            power_mw=[_replayed(poll["power_mw"]) for poll in polls],
+            clock_event_reasons=[_replayed(poll["clock_event_reasons"]) for poll in polls],
+            # an error answer raises from util_gpu, before util_mem is read
+            util_gpu=[u if isinstance(u, pynvml.NVMLError) else u[0] for u in utilization],
+            util_mem=[0 if isinstance(u, pynvml.NVMLError) else u[1] for u in utilization],
+            util_samples=traces.util_samples(polls[0]),
+            gpm_supported=traces.answer_value(device["gpm_supported"]) is True,
+            gpm_values=_gpm_values(gpm),
+        )
+        fake = cls(gpu, driver_version=traces.answer_value(device["driver_version"], "unknown"),
+                   cuda_driver_version=traces.answer_value(device["cuda_driver_version"], 0))
+        fake.pending_samples = [s for s in _distinct(polls[1:]) if s not in gpu.util_samples]
+        fake.errors.update(_replayed_errors(device, polls, gpm))
+        return fake
+
+    def play(self) -> None:
+        """The replayed phase runs: NVML's buffer gains the samples the phase produced."""
+        self.add_samples(*self.pending_samples)
+        self.pending_samples = []
 
     def __getattribute__(self, name):
         if name in object.__getattribute__(self, "hidden"):
@@ -150,6 +226,8 @@ class FakeNvml:
     def _poll(self, name: str, handle: FakeHandle, value):
         if isinstance(value, list):
             value = next(self._cycles.setdefault((name, handle.gpu), itertools.cycle(value)))
+        if isinstance(value, pynvml.NVMLError):
+            _fail(value.value)
         self.returned.setdefault(name, []).append(value)
         return value
 
