@@ -18,7 +18,7 @@ import itertools
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -79,6 +79,20 @@ class WindowStats:
             "clock_event_reasons": self.clock_event_reasons,
             "sampler_overhead_pct": self.overhead_pct,
         }
+
+
+def gpm_request(nvml: Any, first: Any, second: Any, metric_ids: Iterable[int]) -> Any:
+    """The c_nvmlGpmMetricsGet_t asking for `metric_ids` between two GPM samples (metrics[i] answers
+    the i-th id), ready for nvmlGpmMetricsGet."""
+    ids = list(metric_ids)
+    request = nvml.c_nvmlGpmMetricsGet_t()
+    request.version = nvml.NVML_GPM_METRICS_GET_VERSION
+    request.numMetrics = len(ids)
+    request.sample1 = first
+    request.sample2 = second
+    for i, metric_id in enumerate(ids):
+        request.metrics[i].metricId = metric_id
+    return request
 
 
 def _mean(values: list) -> float | None:
@@ -239,13 +253,7 @@ class _GpmWindow:
 
     def _metrics(self, first: Any, second: Any) -> dict[str, float | None]:
         nvml = self._nvml
-        request = nvml.c_nvmlGpmMetricsGet_t()
-        request.version = nvml.NVML_GPM_METRICS_GET_VERSION
-        request.numMetrics = len(GPM_METRICS)
-        request.sample1 = first
-        request.sample2 = second
-        for i, metric_id in enumerate(GPM_METRICS.values()):
-            request.metrics[i].metricId = metric_id
+        request = gpm_request(nvml, first, second, GPM_METRICS.values())
         nvml.nvmlGpmMetricsGet(request)
         return {
             key: request.metrics[i].value if request.metrics[i].nvmlReturn == nvml.NVML_SUCCESS else None

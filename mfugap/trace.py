@@ -60,7 +60,7 @@ from tabulate import tabulate
 from mfugap import __version__
 from mfugap.files import checkout_dir, write_new
 from mfugap.results import gpu_slug
-from mfugap.sampler import GPM_METRICS
+from mfugap.sampler import GPM_METRICS, gpm_request
 
 if TYPE_CHECKING:
     from mfugap.device import DeviceInfo
@@ -268,15 +268,8 @@ class _GpmPhase:
         return sample
 
     def _metrics(self, first: Any, second: Any) -> dict:
-        nvml = self._nvml
-        request = nvml.c_nvmlGpmMetricsGet_t()
-        request.version = nvml.NVML_GPM_METRICS_GET_VERSION
-        request.numMetrics = len(GPM_METRIC_IDS)
-        request.sample1 = first
-        request.sample2 = second
-        for i, metric_id in enumerate(GPM_METRIC_IDS):
-            request.metrics[i].metricId = metric_id
-        _call(nvml, "nvmlGpmMetricsGet", request)
+        request = gpm_request(self._nvml, first, second, GPM_METRIC_IDS)
+        _call(self._nvml, "nvmlGpmMetricsGet", request)
         answers = request.metrics[: len(GPM_METRIC_IDS)]
         return {str(metric_id): {"value": answer.value, "nvmlReturn": answer.nvmlReturn}
                 for metric_id, answer in zip(GPM_METRIC_IDS, answers, strict=True)}
