@@ -42,8 +42,8 @@ class CublasGemm(DenseGemm):
 
         m, n, k = self.params.values()
         a, b, c, dt = self.buf["a"], self.next_weights(), self.buf["c"], self.buf["dtype"]
+        # CuPy's gemmEx binds the handle to CuPy's current stream, which the harness makes `stream`.
         handle = cupy.cuda.device.get_cublas_handle()
-        cublas.setStream(handle, stream.ptr)
         # cuBLAS is column-major: the row-major C = A @ B is the column-major C^T = B^T @ A^T.
         cublas.gemmEx(handle, cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_N, n, m, k,
                       self.buf["alpha"].ctypes.data, b.data.ptr, dt, n, a.data.ptr, dt, k,

@@ -5,6 +5,7 @@ the same way. A workload that fails verification records no numbers.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -108,7 +109,7 @@ def measure(workload: Workload, ctx: GpuContext, config: WindowConfig, suite: st
         if not verdict.ok:
             return {**row, "status": "failed", "reason": verdict.detail}
         clock = ctx.events()
-        launch = lambda: workload.launch(ctx.stream)  # noqa: E731
+        launch = launcher(workload, ctx.stream)
         warm_up(launch, clock, warmup_s=config.warmup_s)
         with ctx.sampler() as sampler:
             timing = run_window(launch, clock, min_window_s=config.window_s, min_reps=config.min_reps)
@@ -133,6 +134,16 @@ def _identity(workload: Workload, suite: str) -> dict:
 
 def _skipped(row: dict, reason: str) -> dict:
     return {**row, "status": "skipped", "reason": reason}
+
+
+def launcher(workload: Workload, stream: Any) -> Callable[[], None]:
+    """One launch of `workload` with `stream` current, so CuPy work inside it goes where the events are:
+    cuBLAS, for one, binds its handle to CuPy's current stream on every call."""
+    def launch() -> None:
+        with stream:
+            workload.launch(stream)
+
+    return launch
 
 
 def verify(workload: Workload, stream: Any) -> Check:

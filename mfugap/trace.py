@@ -330,13 +330,11 @@ def workload_phase(name: str, workload: Workload, stream: Any, seconds: float,
                    clock: EventClock | None = None) -> Phase:
     """`workload` launched back to back on `stream` for `seconds`, through the harness: checked and
     warmed up before the phase starts, torn down after it ends. `clock` defaults to CUDA events."""
-    from mfugap.measure import verify
+    from mfugap.measure import launcher, verify
     from mfugap.timing import CupyEvents, run_window, warm_up
 
     events = clock if clock is not None else CupyEvents(stream)
-
-    def launch() -> None:
-        workload.launch(stream)
+    launch = launcher(workload, stream)
 
     def setup() -> None:
         check = verify(workload, stream)

@@ -76,7 +76,8 @@ class Workload(ABC):
 
     @abstractmethod
     def launch(self, stream: Any) -> None:
-        """Enqueue one run on `stream`; no synchronization."""
+        """Enqueue one run on `stream`; no synchronization. The harness makes `stream` CuPy's current
+        stream around every call (and around setup, poison and check), so CuPy work lands on it too."""
 
     @abstractmethod
     def check(self) -> Check:

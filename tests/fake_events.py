@@ -55,13 +55,15 @@ class FakeStream:
 
     def __init__(self) -> None:
         self.entered = 0
+        self.depth = 0  # > 0 while the stream is current
 
     def __enter__(self) -> FakeStream:
         self.entered += 1
+        self.depth += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
-        return None
+        self.depth -= 1
 
     def synchronize(self) -> None:
         return None

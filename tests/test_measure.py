@@ -174,10 +174,24 @@ def test_a_partition_scales_peaks_with_its_sms_and_keeps_bandwidth():
 
 
 def test_verification_runs_with_the_stream_current():
+    class Watched(Axpy):
+        def setup(self, stream):
+            self.seen = [stream.depth]
+            super().setup(stream)
+
+        def poison(self):
+            self.seen.append(ctx.stream.depth)
+            super().poison()
+
+        def check(self):
+            self.seen.append(ctx.stream.depth)
+            return super().check()
+
     clock = _clock()
     ctx = FakeContext(clock)
-    measure(Axpy(10, clock), ctx, TINY, suite="demo")
-    assert ctx.stream.entered == 1
+    w = Watched(10, clock)
+    measure(w, ctx, TINY, suite="demo")
+    assert w.seen == [1, 1, 1] and ctx.stream.depth == 0
 
 
 def test_notes_reach_the_row_without_changing_the_shape():
@@ -187,3 +201,18 @@ def test_notes_reach_the_row_without_changing_the_shape():
     assert row["params"] == {"n": 100, "waves": 0.5}
     assert row["label"] == "axpy n=100 waves=0.5"
     assert w.params == {"n": 100} and Axpy(1, clock).notes == {}
+
+
+def test_every_launch_runs_with_the_stream_current():
+    class Watched(Axpy):
+        def launch(self, stream):
+            self.seen.append(stream.depth)
+            super().launch(stream)
+
+    clock = _clock()
+    ctx = FakeContext(clock)
+    w = Watched(10, clock)
+    w.seen = []
+    row = measure(w, ctx, TINY, suite="demo")
+    assert row["status"] == "ok" and len(w.seen) > row["reps"]
+    assert all(depth == 1 for depth in w.seen)

@@ -327,7 +327,8 @@ def test_workload_phase_checks_and_warms_up_before_the_phase_and_tears_down_afte
     assert len(inside) >= 1 and end - start >= 0.02
     assert len(before) + len(inside) == len(workload.launched_at)
     assert workload.torn_down_at > end
-    assert stream.entered == 1  # the check ran with the stream current, as in measure()
+    # the check, and every launch after it, ran with the stream current, as in measure()
+    assert stream.entered == len(workload.launched_at) and stream.depth == 0
     assert phase["workload"] == "countdown n=4"
 
 
