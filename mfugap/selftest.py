@@ -29,11 +29,27 @@ class Line:
         return f"{self.status:<8}{self.name}: {self.detail}"
 
 
-def kernel_modules() -> list[ModuleType]:
-    """Every module under mfugap.kernels, imported (which also registers their CUDA C sources)."""
+def _imported() -> list[tuple[str, ModuleType | ImportError]]:
     prefix = mfugap.kernels.__name__ + "."
-    names = sorted(info.name for info in pkgutil.walk_packages(mfugap.kernels.__path__, prefix))
-    return [importlib.import_module(name) for name in names]
+    found = []
+    for name in sorted(info.name for info in pkgutil.walk_packages(mfugap.kernels.__path__, prefix)):
+        try:
+            found.append((name, importlib.import_module(name)))
+        except ImportError as exc:  # e.g. the Numba ladder without numba-cuda installed
+            found.append((name, exc))
+    return found
+
+
+def kernel_modules() -> list[ModuleType]:
+    """Every module under mfugap.kernels that imports (importing registers their CUDA C sources)."""
+    return [module for _, module in _imported() if isinstance(module, ModuleType)]
+
+
+def import_lines() -> Iterator[Line]:
+    """A skipped line for each kernel module that cannot be imported here, with the reason."""
+    for name, module in _imported():
+        if isinstance(module, ImportError):
+            yield Line("skipped", name, f'cannot import ({module}): pip install -e ".[cuda12]" or ".[test]"')
 
 
 def gpu_lines(modules: list[ModuleType], stream: Any) -> Iterator[Line]:

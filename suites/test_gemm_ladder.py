@@ -10,8 +10,10 @@ from __future__ import annotations
 import pytest
 
 from mfugap.kernels import cublas_gemm
-from mfugap.kernels.gemm import ladder
 from mfugap.metrics import percent_of
+
+ladder = pytest.importorskip("mfugap.kernels.gemm.ladder", reason="the fp32 ladder needs numba-cuda: "
+                             'pip install -e ".[cuda12]"')
 
 LESSON = """Every rung keeps GPU-Util near 100%: a kernel runs the whole window, however poorly it uses
 the chip. MFU climbs rung by rung as the kernel wastes fewer memory transactions and reuses each loaded

@@ -71,3 +71,17 @@ def test_cli_selftest_without_gpu_checks_what_the_cpu_can():
     assert any(line.startswith("skipped") and "needs a GPU" in line for line in lines)
     assert not any(line.startswith("failed") for line in lines)
     assert "Traceback" not in proc.stderr
+
+
+def test_a_kernel_module_that_cannot_import_is_a_skipped_line(monkeypatch):
+    real = selftest.importlib.import_module
+
+    def no_numba(name):
+        if name.endswith("ladder"):
+            raise ModuleNotFoundError("No module named 'numba'")
+        return real(name)
+
+    monkeypatch.setattr(selftest.importlib, "import_module", no_numba)
+    (line,) = selftest.import_lines()
+    assert line.status == "skipped" and line.name.endswith("gemm.ladder") and "numba" in line.detail
+    assert all(not m.__name__.endswith("ladder") for m in selftest.kernel_modules())
