@@ -72,7 +72,7 @@ class RunState:
         return harness.WindowConfig.quick() if self.config.option.mfugap_quick else harness.WindowConfig()
 
     def run_dict(self) -> dict:
-        return build_run(self._context.gpu_json(), self.rows, command=_command_line(),
+        return build_run(self.context().gpu_json(), self.rows, command=_command_line(),
                          quick=bool(self.config.option.mfugap_quick), lessons=self.lessons,
                          summaries=self.summaries())
 

@@ -97,6 +97,10 @@ class FakeContext:
     def sampler(self):
         return FakeSampler(SAMPLED)
 
+    def gpu_json(self):
+        return {"name": "Fake GPU (tests.test_measure, not a real device)", "sm_count": 132,
+                "peaks_tflops": H100.peaks_tflops, "mem_bw_gbps": H100.mem_bw_gbps}
+
 
 def _clock():
     return FakeEvents(itertools.repeat(1.0))

@@ -2,6 +2,7 @@
 
 CUDA_VISIBLE_DEVICES="" hides any GPU from CUDA, so these tests check the no-GPU path everywhere.
 """
+import json
 import os
 import subprocess
 import sys
@@ -86,3 +87,48 @@ def test_quick_deselects_full_only_cases(tmp_path):
     assert "1 passed, 1 deselected" in quick.stdout, quick.stdout
     full = _pytest(tmp_path, "test_cases.py")
     assert "2 passed" in full.stdout, full.stdout
+
+
+CONFTEST_WITH_FAKE_GPU = """
+import itertools
+from mfugap import plugin
+from tests.fake_events import FakeEvents
+from tests.test_measure import FakeContext
+
+# patched at import, before the session-scoped `gpu` fixture asks for the context
+CONTEXT = FakeContext(FakeEvents(itertools.repeat(1.0)))
+plugin.RunState.no_gpu_reason = lambda self: None
+plugin.RunState.context = lambda self: CONTEXT
+"""
+
+INTERRUPTED_SUITE = """
+from conftest import CONTEXT
+from mfugap.measure import WindowConfig
+from mfugap import plugin
+from tests.test_measure import Axpy
+
+plugin.RunState.window = lambda self: WindowConfig(window_s=0.01, warmup_s=0.0, min_reps=2)
+
+def test_measured_first(measure):
+    measure(Axpy(64, CONTEXT.clock))  # each launch advances the context's fake event clock by 1 ms
+
+def test_interrupted_next():
+    raise KeyboardInterrupt
+"""
+
+
+def test_ctrl_c_keeps_and_saves_the_rows_already_measured(tmp_path):
+    (tmp_path / "conftest.py").write_text(CONFTEST_WITH_FAKE_GPU)
+    (tmp_path / "test_run.py").write_text(INTERRUPTED_SUITE)
+    repo = SUITES_DIR.parent
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--benchmark",
+                           "--results-dir", str(tmp_path / "results"), "test_run.py"],
+                          cwd=tmp_path, env={**NO_GPU, "PYTHONPATH": str(repo)}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # pytest's "interrupted"
+    (saved,) = (tmp_path / "results").rglob("*.json")
+    run = json.loads(saved.read_text())
+    (row,) = run["rows"]
+    assert (row["label"], row["status"], row["kernel_ms_median"]) == ("axpy n=64", "ok", 1.0)
+    assert row["tflops"] == 128 * row["reps"] / row["window_s"] / 1e12
+    assert "mfugap: GPU utilization vs MFU" in proc.stdout and "axpy n=64" in proc.stdout
