@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from mfugap.cuda_source import CudaSource
-from mfugap.kernels.spin import max_iters
 from mfugap.workload import PRECISION_NONE, Check, Workload
 
 SOURCE = CudaSource(r"""
@@ -66,8 +65,18 @@ MAX_DELAY_MS = 1000.0
 RELEASE_ALL = np.iinfo(np.uint64).max  # ends any wait, whatever its epoch
 
 
+# A read of mapped host memory crosses the bus (hundreds of ns at least), so limit / 100 ns reads outlast
+# a working timer's limit, yet end within ~10x the limit if the global timer stood still. (The spin's
+# cycle-based cap would allow hours of such reads.)
+MIN_POLL_NS = 100
+
+
 def timeout_ns(delay_ns: int) -> int:
     return delay_ns + TIMEOUT_SLACK_NS
+
+
+def max_polls(limit_ns: int) -> int:
+    return limit_ns // MIN_POLL_NS
 
 
 def flops() -> int:
@@ -184,7 +193,7 @@ class FlagWait(Workload):
 
         limit = timeout_ns(self.delay_ns)
         SOURCE.function("flag_wait")((1,), (1,), (cupy.uint64(self.buf["flag_dev"]), cupy.uint64(epoch),
-                                                 cupy.uint64(limit), cupy.uint64(max_iters(limit)),
+                                                 cupy.uint64(limit), cupy.uint64(max_polls(limit)),
                                                  self.buf["record"]), stream=stream)
 
     def check(self) -> Check:

@@ -12,7 +12,7 @@ Intensities are the powers of two from 1/4 to 1024 FLOP/byte (`INTENSITIES`), ea
   memory). Every `group`-th tile runs `mmas` mmas (mmas / 2 per chain) and stores D0, D1 rounded to
   bf16 (8 values = 16 bytes per lane); the other tiles are copied through. Each tile moves 1024 bytes
   (read + write), so intensity = 4096 x mmas / (1024 x group) = 4 x mmas / group: mmas = 2 and
-  group = 32 .. 1 from 1/4 to 8 FLOP/B, then group = 1 and mmas = 4 x intensity up to 256 at 1024.
+  group = 32 .. 1 from 1/4 to 8 FLOP/B, then group = 1 and mmas = intensity / 4 up to 256 at 1024.
 
 Both loops take their count at run time with `#pragma unroll` blocks, one compiled kernel for all
 points. The PTX/SASS of the fp32 loop is 4 x FMA_UNROLL FMAs plus a counter add, a compare and a

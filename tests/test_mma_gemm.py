@@ -15,6 +15,7 @@ from mfugap.kernels import dense_gemm
 from mfugap.kernels import mma_gemm as mg
 from mfugap.kernels.dense_gemm import host_values, nonfinite
 from mfugap.kernels.mma_gemm import TILE, Tile
+from mfugap.measure import verify
 from mfugap.verify import TOLERANCE, from_bf16_bits, to_bf16_bits
 from tests.fake_cupy import HostArray
 
@@ -545,10 +546,11 @@ def ctx():
 
 
 def _run_once(w: mg.MmaGemm, ctx) -> np.ndarray:
-    w.poison()
-    w.launch(ctx.stream)
-    ctx.stream.synchronize()
-    return w.buf["c"].get()
+    with ctx.stream:  # CuPy's poison must be ordered before the launch on the non-blocking stream
+        w.poison()
+        w.launch(ctx.stream)
+        ctx.stream.synchronize()
+        return w.buf["c"].get()
 
 
 @pytest.mark.gpu
@@ -556,11 +558,10 @@ def _run_once(w: mg.MmaGemm, ctx) -> np.ndarray:
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_gpu_kernel_is_correct_and_repeatable(ctx, precision, shape):
     w = mg.MmaGemm(*shape, precision)
-    w.setup(ctx.stream)
     try:
-        first = _run_once(w, ctx)
-        verdict = w.check()
+        verdict = verify(w, ctx.stream)  # setup, poison, launch and check, ordered on the stream
         assert verdict.ok, verdict.detail
+        first = w.buf["c"].get()
         # a result that moves between runs on the same inputs is a race (pipeline or barrier)
         np.testing.assert_array_equal(_run_once(w, ctx).view(np.uint16), first.view(np.uint16))
     finally:

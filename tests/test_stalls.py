@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mfugap.cuda_source import OFFLINE_ARCHS
-from mfugap.kernels import cublas_gemm, flag_wait, spin, stalls
+from mfugap.kernels import cublas_gemm, flag_wait, stalls
 from mfugap.verify import from_bf16_bits
 from tests.fake_events import FakeEvents, FakeStream
 
@@ -296,7 +296,9 @@ def test_the_timeout_leaves_the_delay_slack_and_the_cap_outlasts_it():
     delay_ns = 5_000_000
     limit = flag_wait.timeout_ns(delay_ns)
     assert limit == delay_ns + flag_wait.TIMEOUT_SLACK_NS
-    assert spin.max_iters(limit) == spin.ITERS_PER_NS * limit  # more reads than a working timer allows
+    # more reads than a working timer allows (each crosses the bus), few enough to end if it stood still
+    assert flag_wait.max_polls(limit) == limit // flag_wait.MIN_POLL_NS
+    assert flag_wait.max_polls(limit) * 1_000 == 10 * limit  # at 1 µs a read, a frozen timer ends at 10x
 
 
 def test_the_flag_wait_does_no_math():
