@@ -100,9 +100,10 @@ class DenseGemm(Workload):
 
         m, n, k = self.params.values()
         self.buf["a"] = self._random(m, k)
-        self.buf["b"] = self._random(k, n)
+        b = self._random(k, n)
         # identical copies: whichever one a launch used, the check compares against the same B
-        self.buf["b_copies"] = cupy.broadcast_to(self.buf["b"], (self.copies, k, n)).copy()
+        self.buf["b_copies"] = cupy.broadcast_to(b, (self.copies, k, n)).copy()
+        self.buf["b"] = self.buf["b_copies"][0]  # a view, so B is held `copies` times, as counted
         self.buf["c"] = cupy.empty((m, n), dtype=self.buf["a"].dtype)
 
     def poison(self) -> None:

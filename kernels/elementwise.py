@@ -17,7 +17,9 @@ from mfugap.workload import Check, Workload
 
 SOURCE = CudaSource(r"""
 // out[i] = `steps` applications of v -> a*v + b to in[i]; float4 accesses, scalar tail, any n.
-extern "C" __global__ void affine_chain_f32(float* __restrict__ out, const float* __restrict__ in,
+// No __restrict__: the unfused chain runs in place (out == in); each thread reads an element before
+// writing it, which is well defined only without the no-alias promise.
+extern "C" __global__ void affine_chain_f32(float* out, const float* in,
                                             float a, float b, int steps, long long n) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const long long stride = (long long)gridDim.x * blockDim.x;

@@ -45,6 +45,7 @@ class CudaSource:
         self.kernels = kernels
         self.std = std
         self.may_spill = may_spill  # kernels where a spill is acceptable; for all others it is a bug
+        self._functions: dict[tuple[str, int], Any] = {}
         _REGISTRY.append(self)
 
     @cached_property
@@ -54,10 +55,17 @@ class CudaSource:
         return cupy.RawModule(code=self.code, options=(f"-std={self.std}",))
 
     def function(self, name: str) -> Any:
-        """The compiled kernel on the current device (CuPy compiles for its architecture, cached)."""
+        """The compiled kernel on the current device (CuPy compiles for its architecture). Looked up once
+        per device: CuPy's get_function makes a new kernel object and a driver call every time, host
+        work that would otherwise sit inside every timed launch of a short kernel."""
+        import cupy
+
         if name not in self.kernels:
             raise KeyError(f"{name} is not one of {self.kernels}")
-        return self._module.get_function(name)
+        key = (name, cupy.cuda.runtime.getDevice())
+        if key not in self._functions:
+            self._functions[key] = self._module.get_function(name)
+        return self._functions[key]
 
     def compile_offline(self, arch: str) -> CompileReport:
         """Compile with NVRTC for `arch` without a GPU (needs cuda-bindings and the NVRTC/header wheels)."""

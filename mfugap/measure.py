@@ -71,9 +71,10 @@ class GpuContext:
         return part
 
     def free_bytes(self) -> int:
+        """Free device memory, counting blocks CuPy's pool keeps cached from earlier cases as free."""
         import cupy
 
-        return cupy.cuda.runtime.memGetInfo()[0]
+        return cupy.cuda.runtime.memGetInfo()[0] + cupy.get_default_memory_pool().free_bytes()
 
     def gpu_json(self) -> dict:
         """The run file's `gpu` object: identity and state, plus the denominators MFU and MBU use."""

@@ -61,7 +61,8 @@ ROW_FIELDS: dict[str, str] = {
     "max_rel_err": "verification error ||out - ref|| / ||ref|| (null for workloads checked otherwise)",
     "tolerance": "the bound max_rel_err had to stay under",
     "reps": "timed launches in the window",
-    "kernel_ms_median": "median time of one launch, CUDA events",
+    "kernel_ms_median": "median time of one launch, CUDA events around it (a launch shorter than the "
+                        "host's own launch work, ~10 us from Python, includes that work)",
     "kernel_ms_p10": "10th percentile launch time",
     "kernel_ms_p90": "90th percentile launch time",
     "window_s": "wall time of the measurement window, first launch start to last launch end",

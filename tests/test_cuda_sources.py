@@ -68,3 +68,23 @@ ptxas info    : Used 8 registers"""
     assert r["j"].registers == 8
     with pytest.raises(ValueError, match="lacks"):
         parse_ptxas_log("ptxas info    : Compiling entry function 'x' for 'sm_90'\nnothing")
+
+
+def test_kernel_functions_are_looked_up_once_per_device(monkeypatch):
+    from types import SimpleNamespace
+
+    from mfugap import cuda_source
+
+    monkeypatch.setattr(cuda_source, "_REGISTRY", [])  # the throwaway source must not join the real ones
+    device = {"id": 0}
+    fake_cupy = SimpleNamespace(cuda=SimpleNamespace(runtime=SimpleNamespace(getDevice=lambda: device["id"])))
+    monkeypatch.setitem(__import__("sys").modules, "cupy", fake_cupy)
+    lookups = []
+    source = cuda_source.CudaSource("", kernels=("k",))
+    source.__dict__["_module"] = SimpleNamespace(get_function=lambda name: lookups.append(name) or object())
+    first = source.function("k")
+    assert source.function("k") is first and lookups == ["k"]
+    device["id"] = 1
+    assert source.function("k") is not first and lookups == ["k", "k"]
+    with pytest.raises(KeyError, match="not one of"):
+        source.function("other")
