@@ -150,6 +150,8 @@ class Releaser:
 class FlagWait(Workload):
     """One thread waits `delay_ms` per launch on a flag the host releases: busy by NVML's count, 0 FLOPs."""
 
+    graphable = False  # the host must release each wait: a graph would replay waits nobody releases
+
     name = "flag_wait"
     precision = PRECISION_NONE
 

@@ -97,6 +97,8 @@ def tolerance(y0: np.ndarray, x: np.ndarray, a: float, count: int) -> float:
 class AxpyChainEager(Workload):
     """`count` launches of a tiny axpy kernel (n floats, ceil(n / 256) blocks) from Python per launch()."""
 
+    graphable = False  # the lesson is launching from Python; the graph variant brings its own graph
+
     name = "axpy_chain_eager"
     precision = "fp32"
 

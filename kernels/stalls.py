@@ -92,6 +92,8 @@ def time_back_to_back_s(launch: Callable[[], None], clock: EventClock, reps: int
 class GemmStep(Workload):
     """A step built around one size^3 bf16 cuBLAS GEMM; subclasses define `launch`: the GEMM plus a stall."""
 
+    graphable = False  # each step does host work (a sleep, a sync, a copy from host memory)
+
     precision = "bf16"
 
     def __init__(self, size: int, **stall: Any) -> None:

@@ -97,6 +97,8 @@ FLAGS: tuple[tuple[str, str], ...] = (
     ("other_processes", "other compute processes shared the GPU: GPU-Util counts their kernels too, "
                         "so it is meaningless for this row"),
     ("few_util_samples", "few NVML samples fell inside the window: GPU-Util is uncertain"),
+    ("python_launch_bound", "short launches could not be replayed from a CUDA graph: Python's launch "
+                            "overhead is in the timing (timing_note in the JSON says why)"),
 )
 
 _NOTES: tuple[tuple[str, str], ...] = (

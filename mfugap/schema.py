@@ -61,6 +61,9 @@ ROW_FIELDS: dict[str, str] = {
     "max_rel_err": "verification error ||out - ref|| / ||ref|| (null for workloads checked otherwise)",
     "tolerance": "the bound max_rel_err had to stay under",
     "reps": "timed launches in the window",
+    "launches_per_call": "launches per timed call: 1 from Python one by one; more when a short launch "
+                         "was captured that many times into a CUDA graph and replayed",
+    "timing_note": "how the launches were issued when that differs from the plan (e.g. capture failed)",
     "kernel_ms_median": "median time of one launch, CUDA events around it (a launch shorter than the "
                         "host's own launch work, ~10 us from Python, includes that work)",
     "kernel_ms_p10": "10th percentile launch time",
@@ -97,7 +100,8 @@ ROW_FIELDS: dict[str, str] = {
     "power_w": "mean board power over the window",
     "clock_event_reasons": "OR of NVML clock-event (throttle) reason bits seen in the window",
     "sampler_overhead_pct": "sampler thread CPU time / window time",
-    "flags": "list of warnings: mfu_above_util, throttle:<reason>, other_processes, few_util_samples",
+    "flags": "list of warnings: mfu_above_util, throttle:<reason>, other_processes, few_util_samples, "
+             "python_launch_bound",
 }
 
 

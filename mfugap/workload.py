@@ -38,6 +38,10 @@ class Workload(ABC):
     buf: dict[str, Any]  # device buffers, filled by setup and dropped by teardown
     alt_precisions: tuple[str, ...] = ()  # other peaks to report MFU against (fp32 rungs vs bf16)
     notes: Mapping[str, Any] = MappingProxyType({})  # facts a suite adds to the row; see annotate()
+    # The harness may replay short launches from a CUDA graph, so Python's launch overhead stays out of
+    # the timing. False where launch() does host work between GPU work (sleeps, syncs, timers) or where
+    # launching from Python one by one is the point.
+    graphable: bool = True
 
     def annotate(self, **notes: Any) -> Workload:
         """Add facts about this case (waves, a slice, an expected value) to its row's params and label.

@@ -1,7 +1,7 @@
 """A fake CUDA event clock: launches take scripted device time; the host clock follows the device."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class FakeEvent:
@@ -23,9 +23,24 @@ class FakeEvents:
         self.outstanding: list[FakeEvent] = []  # recorded, in stream order, not yet known complete
         self.max_outstanding = 0
         self.created = 0
+        self.captured: list[float] | None = None
 
     def launch(self) -> None:
-        self.device_ms += next(self.durations)
+        if self.captured is not None:  # inside a capture: the work is recorded, not run
+            self.captured.append(next(self.durations))
+        else:
+            self.device_ms += next(self.durations)
+
+    def capture(self, launch: Callable[[], None], count: int) -> Callable[[], None]:
+        """What a CUDA graph of `count` launches does: replaying it runs their recorded work back to back."""
+        self.captured = []
+        for _ in range(count):
+            launch()
+        work, self.captured = sum(self.captured), None
+
+        def replay() -> None:
+            self.device_ms += work
+        return replay
 
     def host_time(self) -> float:
         return self.device_ms / 1e3

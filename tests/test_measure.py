@@ -87,12 +87,18 @@ class FakeContext:
                                       other_processes=list(other_processes))
         self.stream = FakeStream()
         self.free = free
+        self.capture_error = None
 
     def free_bytes(self):
         return self.free
 
     def events(self):
         return self.clock
+
+    def capture(self, launch, count):
+        if self.capture_error:
+            raise self.capture_error
+        return self.clock.capture(launch, count)
 
     def sampler(self):
         return FakeSampler(SAMPLED)
@@ -220,3 +226,40 @@ def test_every_launch_runs_with_the_stream_current():
     row = measure(w, ctx, TINY, suite="demo")
     assert row["status"] == "ok" and len(w.seen) > row["reps"]
     assert all(depth == 1 for depth in w.seen)
+
+
+def _short_clock():
+    return FakeEvents(itertools.repeat(0.01))  # 10 us launches: shorter than Python's launch overhead
+
+
+def test_short_launches_are_replayed_from_a_cuda_graph():
+    clock = _short_clock()
+    row = measure(Axpy(100, clock), FakeContext(clock), TINY, suite="demo")
+    per = row["launches_per_call"]
+    assert per == 1000  # GRAPH_TARGET_MS / 0.01 ms, capped at MAX_GRAPH_LAUNCHES
+    assert row["reps"] % per == 0 and row["reps"] >= TINY.min_reps * per
+    assert row["kernel_ms_median"] == pytest.approx(0.01)  # per launch, not per graph
+    assert row["tflops"] == pytest.approx(200 * row["reps"] / row["window_s"] / 1e12)
+    assert row["timing_note"] is None and "python_launch_bound" not in row["flags"]
+
+
+def test_long_or_ungraphable_launches_stay_one_by_one():
+    clock = _clock()  # 1 ms launches
+    assert measure(Axpy(100, clock), FakeContext(clock), TINY, suite="d")["launches_per_call"] == 1
+
+    class HostWork(Axpy):
+        graphable = False
+
+    clock = _short_clock()
+    assert measure(HostWork(100, clock), FakeContext(clock), TINY, suite="d")["launches_per_call"] == 1
+
+
+def test_a_failed_capture_falls_back_and_says_so():
+    clock = _short_clock()
+    ctx = FakeContext(clock)
+    ctx.capture_error = RuntimeError("cudaErrorStreamCaptureUnsupported\nmore")
+    row = measure(Axpy(100, clock), ctx, TINY, suite="demo")
+    assert row["status"] == "ok" and row["launches_per_call"] == 1
+    assert row["timing_note"] == ("CUDA graph capture failed (RuntimeError: "
+                                  "cudaErrorStreamCaptureUnsupported): launched one by one from Python")
+    assert "python_launch_bound" in row["flags"]

@@ -95,6 +95,8 @@ def compile_offline(rung: Rung, arch: str) -> CompileReport:
 class NumbaGemm(DenseGemm):
     """One rung of the ladder at one shape, fp32, measured like any other workload."""
 
+    graphable = False  # rungs run for milliseconds; Numba launches under stream capture are unverified
+
     precisions = ("fp32",)
     alt_precisions = ("bf16",)  # an fp32 kernel also shows how far it is from the tensor cores
 
