@@ -5,7 +5,7 @@ They skip with the reason everywhere else (the `gpu` marker; see mfugap/plugin.p
 import pytest
 
 from mfugap import selftest
-from mfugap.kernels import spin, stream
+from mfugap.kernels import cublas_gemm, gemv, spin, stream
 from mfugap.measure import GpuContext, WindowConfig, measure
 
 pytestmark = pytest.mark.gpu
@@ -43,3 +43,14 @@ def test_triad_row_has_consistent_rates(ctx):
     assert 0 < row["gbps"] <= row["kernel_gbps"] * 1.001
     assert row["window_s"] >= SHORT.window_s * 0.9
     assert row["sampler_overhead_pct"] < 5
+
+
+@pytest.mark.parametrize("make", [
+    lambda ctx: cublas_gemm.CublasGemm(1, 4096, 4096, "bf16", l2_bytes=ctx.device.l2_bytes),
+    lambda ctx: gemv.Gemv(4096, 4096, ctx.device.l2_bytes),
+], ids=["cublas-batch1", "gemv"])
+def test_short_launches_are_captured_into_a_graph(ctx, make):
+    row = measure(make(ctx), ctx, SHORT, suite="gpu-test")
+    assert row["status"] == "ok", row["reason"]
+    assert row["launches_per_call"] > 1, row["timing_note"]
+    assert row["timing_note"] is None
