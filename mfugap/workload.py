@@ -2,7 +2,8 @@
 
 A workload says what it computes and how much work that is; the harness (mfugap.measure) does
 everything else: memory check, verification, warm-up, timing, sampling, metrics. A workload never
-times itself and never synchronizes inside `launch`.
+times itself, and never synchronizes inside `launch` unless the synchronization is the scenario being
+measured (the pipeline-stall steps; those set `graphable = False`).
 """
 from __future__ import annotations
 
