@@ -50,6 +50,13 @@ def _flags(value: object) -> str:
 
 
 _PCT = _number(lambda v: f"{v:.1f}")
+
+
+def _alt_mfu(value: object) -> str:
+    """{precision: MFU %} as `bf16:0.6`; `-` where the row has no other peak to be read against."""
+    if not isinstance(value, dict) or not value:
+        return "-"
+    return ",".join(f"{precision}:{_PCT(pct)}" for precision, pct in value.items())
 _WHOLE = _number(lambda v: f"{v:.0f}")
 _RATE = _number(_sig3)
 
@@ -74,6 +81,9 @@ COLUMNS: tuple[Column, ...] = (
            "NVML GPM ANY_TENSOR_UTIL: share of time the tensor cores were active"),
     Column("MFU %", "mfu_pct", _PCT,
            "model FLOP/s over the wall time of the window / dense datasheet peak of the row's precision"),
+    Column("MFU other %", "mfu_alt_pct", _alt_mfu,
+           "MFU against another precision's peak where that is telling: fp32 GEMMs against the bf16 "
+           "tensor peak a model would use, fp16x2 FMAs and GEMV's CUDA-core math against fp32"),
     Column("MBU %", "mbu_pct", _PCT,
            "minimum DRAM bytes/s over the window / datasheet memory bandwidth"),
     Column("TFLOP/s", "tflops", _RATE,
@@ -294,7 +304,9 @@ def _csv_values(row: dict, keys: list[str]) -> list[object]:
     # As in the table, a case that is not ok has no numbers: a spreadsheet would average them in.
     hidden = set() if row.get("status") == "ok" else {column.key for column in COLUMNS if column.numeric}
     values = [None if key in hidden else row.get(key) for key in keys]
-    return [",".join(map(str, value)) if isinstance(value, list) else value for value in values]
+    return [",".join(map(str, value)) if isinstance(value, list)
+            else ",".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict)
+            else value for value in values]
 
 
 def _render_json(runs: list[dict]) -> str:

@@ -52,15 +52,16 @@ def _expected_cells(row: dict) -> list[str]:
     pct = [f"{row[key]:.1f}" for key in ("gpu_util_pct", "sm_util_pct", "tensor_util_pct", "mfu_pct",
                                          "mbu_pct")]
     rates = [f"{row[key]:.3g}" for key in ("tflops", "gbps")]
-    return [row["label"], row["precision"], *pct, *rates, f"{row['roofline_pct']:.1f}",
+    alt = ",".join(f"{p}:{v:.1f}" for p, v in row.get("mfu_alt_pct", {}).items()) or "-"
+    return [row["label"], row["precision"], *pct[:4], alt, pct[4], *rates, f"{row['roofline_pct']:.1f}",
             f"{row['gap_pts']:.1f}", f"{row['sm_clock_mhz']:.0f}", f"{row['power_w']:.0f}",
             ",".join(row["flags"])]
 
 
 def test_columns_are_in_table_order() -> None:
     assert [key for _, key in columns()] == [
-        "label", "precision", "gpu_util_pct", "sm_util_pct", "tensor_util_pct", "mfu_pct", "mbu_pct",
-        "tflops", "gbps", "roofline_pct", "gap_pts", "sm_clock_mhz", "power_w", "flags"]
+        "label", "precision", "gpu_util_pct", "sm_util_pct", "tensor_util_pct", "mfu_pct", "mfu_alt_pct",
+        "mbu_pct", "tflops", "gbps", "roofline_pct", "gap_pts", "sm_clock_mhz", "power_w", "flags"]
     header = _line(render_run(_run(H100, [_gemm()])), "workload")
     positions = [header.index(title) for title, _ in columns()]
     assert positions == sorted(positions)
@@ -70,13 +71,16 @@ def test_table_shows_the_formatted_numbers() -> None:
     row = _gemm()
     line = _line(render_run(_run(H100, [row])), row["label"])
     assert line.split() == _expected_cells(row)
+    fp32_rung = _gemm(label="rung_3", precision="fp32", mfu_alt_pct={"bf16": 0.5678})
+    line = _line(render_run(_run(H100, [fp32_rung])), "rung_3")
+    assert line.split() == _expected_cells(fp32_rung) and "bf16:0.6" in line.split()
 
 
 def test_missing_values_read_n_a() -> None:
     row = _gemm(gpu_util_pct=None, gap_pts=None, sm_util_pct=None, flags=[])
     cells = _line(render_run(_run(H100, [row])), row["label"]).split()
     expected = _expected_cells({**row, "gpu_util_pct": 0, "gap_pts": 0, "sm_util_pct": 0})[:-1]
-    for i, key in ((2, "gpu_util_pct"), (3, "sm_util_pct"), (10, "gap_pts")):
+    for i, key in ((2, "gpu_util_pct"), (3, "sm_util_pct"), (11, "gap_pts")):
         assert columns()[i][1] == key
         expected[i] = "n/a"
     assert cells == expected
@@ -142,6 +146,12 @@ def test_csv_has_raw_values() -> None:
     assert gemm["label"] == "gemm_bf16" and gemm["status"] == "ok" and gemm["reason"] == ""
     assert skipped["status"] == "skipped" and skipped["reason"] == REASON
     assert skipped["tflops"] == "" and skipped["mfu_pct"] == ""
+
+
+def test_csv_writes_other_peaks_as_key_value_pairs() -> None:
+    row = _gemm(precision="fp32", mfu_alt_pct={"bf16": 0.5678, "tf32": 4.25})
+    (record,) = csv.DictReader(io.StringIO(render_run(_run(H100, [row]), "csv")))
+    assert record["mfu_alt_pct"] == "bf16=0.5678,tf32=4.25"
 
 
 def test_csv_writes_none_as_empty() -> None:
