@@ -41,5 +41,7 @@ def test_cublas_fp32_ceiling(measure, quick):
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Each rung's TFLOP/s as a percentage of cuBLAS fp32 at the same size (SGEMM_CUDA's ladder table)."""
-    return {"% of cuBLAS fp32": percent_of(rows, cublas_gemm.CublasGemm.name, "tflops", same=("m",))}
+    """Each rung's TFLOP/s as a percentage of cuBLAS fp32 at the same size (SGEMM_CUDA's ladder table),
+    and what each rung demonstrates, so the table's notes explain the climb."""
+    return {"% of cuBLAS fp32": percent_of(rows, cublas_gemm.CublasGemm.name, "tflops", same=("m",)),
+            "rungs": {f"{r.number} {r.name}": r.description for r in ladder.rungs()}}

@@ -137,3 +137,16 @@ def test_register_blocking_does_4_fmas_per_shared_load(offline):
         tiled, blocked = offline[f"smem_tiled {arch}"], offline[f"register_blocked {arch}"]
         assert tiled["fma"] / tiled["ld_shared"] == 0.5
         assert blocked["fma"] / blocked["ld_shared"] >= 4
+
+
+def test_ladder_summary_explains_every_rung_and_reads_it_against_cublas():
+    from mfugap.suites import test_gemm_ladder as suite
+
+    rows = [{"workload": "cublas_gemm", "label": "cuBLAS fp32 64x64x64", "params": {"m": 64},
+             "tflops": 40.0},
+            {"workload": "gemm_naive", "label": "rung 1 naive fp32 64x64x64", "params": {"m": 64},
+             "tflops": 2.0}]
+    summary = suite.summarize(rows)
+    assert summary["% of cuBLAS fp32"] == {"rung 1 naive fp32 64x64x64": 5.0}
+    assert list(summary["rungs"]) == [f"{r.number} {r.name}" for r in ladder.rungs()]
+    assert all(summary["rungs"].values())
