@@ -147,13 +147,12 @@ class Gemv(Workload):
         import cupy
 
         rows, cols = self.params["rows"], self.params["cols"]
-        with stream:
-            w = to_bf16_bits(cupy.random.random((rows, cols), dtype=cupy.float32) * 2 - 1, cupy)
-            weights = cupy.full((self.copies, rows, self.ld), BF16_NAN, dtype=cupy.uint16)
-            weights[:, :, :cols] = w  # every copy holds the same W, so each launch checks against it
-            self.buf["w"] = weights
-            self.buf["x"] = to_bf16_bits(cupy.random.random(cols, dtype=cupy.float32) * 2 - 1, cupy)
-            self.buf["y"] = cupy.empty(rows, dtype=cupy.float32)
+        w = to_bf16_bits(cupy.random.random((rows, cols), dtype=cupy.float32) * 2 - 1, cupy)
+        weights = cupy.full((self.copies, rows, self.ld), BF16_NAN, dtype=cupy.uint16)
+        weights[:, :, :cols] = w  # every copy holds the same W, so each launch checks against it
+        self.buf["w"] = weights
+        self.buf["x"] = to_bf16_bits(cupy.random.random(cols, dtype=cupy.float32) * 2 - 1, cupy)
+        self.buf["y"] = cupy.empty(rows, dtype=cupy.float32)
 
     def poison(self) -> None:
         self.buf["y"].fill(np.nan)

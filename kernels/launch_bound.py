@@ -122,14 +122,11 @@ class AxpyChainEager(Workload):
         import cupy
 
         x, y0 = random_inputs(self.params["n"], seed=self.params["count"])
-        with stream:
-            self.buf.update(x=cupy.asarray(x), y0=cupy.asarray(y0))
-            self.buf["y"] = cupy.empty_like(self.buf["y0"])
-        self.buf["stream"] = stream  # poison goes on the launch stream, ordered before the next launch
+        self.buf.update(x=cupy.asarray(x), y0=cupy.asarray(y0))
+        self.buf["y"] = cupy.empty_like(self.buf["y0"])
 
     def poison(self) -> None:
-        with self.buf["stream"]:
-            self.buf["y"].fill(np.nan)
+        self.buf["y"].fill(np.nan)
 
     def launch(self, stream: Any) -> None:
         self._enqueue(stream)

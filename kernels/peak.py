@@ -376,9 +376,8 @@ class FmaPeak(_RegisterLoop):
     def setup(self, stream: Any) -> None:
         import cupy
 
-        with stream:
-            self.buf["out"] = cupy.empty((self.params["blocks"] * THREADS, self.format.lanes),
-                                         dtype=self.format.dtype)
+        self.buf["out"] = cupy.empty((self.params["blocks"] * THREADS, self.format.lanes),
+                                     dtype=self.format.dtype)
 
     def launch(self, stream: Any) -> None:
         import cupy
@@ -409,8 +408,7 @@ class MmaPeak(_RegisterLoop):
     def setup(self, stream: Any) -> None:
         import cupy
 
-        with stream:
-            self.buf["out"] = cupy.empty((self.params["blocks"] * THREADS, 4), dtype=cupy.float32)
+        self.buf["out"] = cupy.empty((self.params["blocks"] * THREADS, 4), dtype=cupy.float32)
 
     def launch(self, stream: Any) -> None:
         import cupy

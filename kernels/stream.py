@@ -220,14 +220,13 @@ class StreamOp(Workload):
         import cupy
 
         n = self.params["n"]
-        with stream:
-            for name in self.spec.reads:
-                self.buf[name] = cupy.random.random(n, dtype=cupy.float32) * 2 - 1
-            for name in self.spec.writes:
-                self.buf[name] = cupy.empty(n, dtype=cupy.float32)
-            if not self.spec.writes:
-                self.buf["partial"] = cupy.empty(self.grid, dtype=cupy.float32)
-                self.buf["sum"] = cupy.empty(1, dtype=cupy.float64)
+        for name in self.spec.reads:
+            self.buf[name] = cupy.random.random(n, dtype=cupy.float32) * 2 - 1
+        for name in self.spec.writes:
+            self.buf[name] = cupy.empty(n, dtype=cupy.float32)
+        if not self.spec.writes:
+            self.buf["partial"] = cupy.empty(self.grid, dtype=cupy.float32)
+            self.buf["sum"] = cupy.empty(1, dtype=cupy.float64)
 
     def poison(self) -> None:
         for name in self._outputs():
