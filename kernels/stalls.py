@@ -26,7 +26,7 @@ import numpy as np
 
 from mfugap.kernels.cublas_gemm import CublasGemm
 from mfugap.measure import launcher
-from mfugap.timing import CupyEvents, EventClock, warm_up
+from mfugap.timing import CupyEvents, time_back_to_back_s, warm_up
 from mfugap.verify import BF16_NAN
 from mfugap.workload import Check, Workload
 
@@ -76,17 +76,6 @@ class Pacer:
             self._due = now
         wait_until(self._due, self._clock, self._sleep)
         self._due += self.period_s
-
-
-def time_back_to_back_s(launch: Callable[[], None], clock: EventClock, reps: int) -> float:
-    """Mean device time of `reps` launches queued back to back between two events: no host gaps."""
-    start, end = clock.new(), clock.new()
-    clock.record(start)
-    for _ in range(reps):
-        launch()
-    clock.record(end)
-    clock.wait(end)
-    return clock.elapsed_ms(start, end) / 1e3 / reps
 
 
 class GemmStep(Workload):

@@ -109,3 +109,14 @@ def run_window(launch: Callable[[], None], clock: EventClock, *, min_window_s: f
 def _settle(clock: EventClock, start: Any, end: Any) -> float:
     clock.wait(end)
     return clock.elapsed_ms(start, end)
+
+
+def time_back_to_back_s(launch: Callable[[], None], clock: EventClock, reps: int) -> float:
+    """Mean device time of `reps` launches queued back to back between two events: no host gaps."""
+    start, end = clock.new(), clock.new()
+    clock.record(start)
+    for _ in range(reps):
+        launch()
+    clock.record(end)
+    clock.wait(end)
+    return clock.elapsed_ms(start, end) / 1e3 / reps

@@ -11,6 +11,7 @@ import pytest
 
 from mfugap.cuda_source import OFFLINE_ARCHS
 from mfugap.kernels import cublas_gemm, flag_wait, stalls
+from mfugap.timing import time_back_to_back_s
 from mfugap.verify import from_bf16_bits
 from tests.fake_events import FakeEvents, FakeStream
 
@@ -111,7 +112,7 @@ def test_an_unpaced_loader_never_reads_the_clock():
 
 def test_back_to_back_timing_is_the_mean_launch_time():
     clock = FakeEvents(itertools.repeat(2.0))
-    assert stalls.time_back_to_back_s(clock.launch, clock, reps=20) == pytest.approx(2e-3)
+    assert time_back_to_back_s(clock.launch, clock, reps=20) == pytest.approx(2e-3)
 
 
 # --- the GEMM-step workloads -----------------------------------------------------------------------------
