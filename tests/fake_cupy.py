@@ -1,6 +1,8 @@
-"""A host stand-in for the few CuPy names kernel modules use in launch() and check(), answered by NumPy."""
+"""Host stand-ins for CuPy, answered by NumPy: a few names for launch() and check() (`install`), or enough
+of the array API for a workload's whole setup, launch and check (`install_numpy`)."""
+import functools
 import sys
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 
@@ -32,5 +34,38 @@ def install(monkeypatch) -> SimpleNamespace:
     runtime.memcpyAsync = lambda *args: runtime.copies.append(args)
     fake = SimpleNamespace(isnan=np.isnan, asarray=np.asarray, int32=np.int32, int64=np.int64,
                            float32=np.float32, cuda=SimpleNamespace(runtime=runtime))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    return fake
+
+
+def _on_device(fn):
+    """`fn` with NumPy array results viewed as HostArrays, as CuPy returns device arrays."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        return out.view(HostArray) if isinstance(out, np.ndarray) else out
+    return call
+
+
+class NumpyCupy(ModuleType):
+    """`cupy` as NumPy: arrays live in host memory and answer .get(); kernels come from elsewhere."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__("cupy")
+        rng = np.random.default_rng(seed)
+        self.random = SimpleNamespace(
+            random=_on_device(lambda size=None, dtype=np.float64: rng.random(size, dtype=dtype)),
+            randint=_on_device(lambda low, high=None, size=None, dtype=np.int64:
+                               rng.integers(low, high, size, dtype=dtype)))
+        self.cuda = SimpleNamespace(runtime=SimpleNamespace())
+
+    def __getattr__(self, name: str):
+        attr = getattr(np, name)
+        return _on_device(attr) if callable(attr) and not isinstance(attr, type) else attr
+
+
+def install_numpy(monkeypatch, seed: int = 0) -> NumpyCupy:
+    """Put a NumPy-backed `cupy` in sys.modules for one test."""
+    fake = NumpyCupy(seed)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     return fake
