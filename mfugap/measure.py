@@ -15,7 +15,7 @@ from mfugap.device import DeviceInfo, discover, init_nvml
 from mfugap.results import gpu_slug
 from mfugap.sampler import Sampler
 from mfugap.schema import empty_row
-from mfugap.timing import CupyEvents, run_window, warm_up
+from mfugap.timing import MAX_AHEAD, CupyEvents, run_window, warm_up
 from mfugap.workload import PRECISION_NONE, Check, Workload
 
 GiB = 1 << 30
@@ -25,7 +25,9 @@ FREE_MEMORY_USE = 0.9  # leave room for cuBLAS workspaces and the allocator's ro
 GRAPH_BELOW_MS = 0.5
 GRAPH_TARGET_MS = 10.0
 MAX_GRAPH_LAUNCHES = 1000
-PROBE_LAUNCHES = 5
+
+
+MEDIAN_REPS = 3  # the fewest launches a median and spread are taken over
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,25 @@ class WindowConfig:
     window_s: float = 2.0  # several NVML sample periods (1/6 s to 1 s depending on the product)
     warmup_s: float = 0.3
     min_reps: int = 10
+    # Launches so long that min_reps of them would pass this get fewer reps (never under MEDIAN_REPS):
+    # a 2 s naive GEMM needs no 20 s window to be measured, and the whole run has a time budget.
+    max_window_s: float = 8.0
 
     @classmethod
     def quick(cls) -> WindowConfig:
         # still ~4 NVML samples at the 1/6 s period of H100-class boards
-        return cls(window_s=0.8, warmup_s=0.15, min_reps=5)
+        return cls(window_s=0.8, warmup_s=0.15, min_reps=5, max_window_s=3.0)
+
+    def reps_for(self, call_s: float) -> int:
+        """Launches the window needs at least, for calls of `call_s` seconds each."""
+        if call_s * self.min_reps <= self.max_window_s:
+            return self.min_reps
+        return max(MEDIAN_REPS, math.floor(self.max_window_s / call_s))
+
+    def ahead_for(self, call_s: float) -> int:
+        """How far the host may run ahead of the device: never more than a window's worth of calls, so
+        the host clock that ends the window does not leave many long calls queued behind it."""
+        return max(1, min(MAX_AHEAD, math.floor(self.window_s / max(call_s, 1e-9))))
 
 
 class GpuContext:
@@ -129,10 +145,12 @@ def measure(workload: Workload, ctx: GpuContext, config: WindowConfig, suite: st
             return {**row, "status": "failed", "reason": verdict.detail}
         clock = ctx.events()
         launch = launcher(workload, ctx.stream)
-        warm_up(launch, clock, warmup_s=config.warmup_s)
-        batch = _batching(workload, ctx, launch, clock)
+        warm = warm_up(launch, clock, warmup_s=config.warmup_s)
+        batch = _batching(workload, ctx, launch, warm.last_s)
+        call_s = warm.last_s * batch.launches
         with ctx.sampler() as sampler:
-            timing = run_window(batch.call, clock, min_window_s=config.window_s, min_reps=config.min_reps)
+            timing = run_window(batch.call, clock, min_window_s=config.window_s,
+                                min_reps=config.reps_for(call_s), max_ahead=config.ahead_for(call_s))
         row.update(_timing_fields(timing, batch))
         row.update(sampler.stats.as_row_fields())
         row.update(_derived(workload, ctx, timing, batch, row))
@@ -187,14 +205,13 @@ class Batch:
     note: str | None = None
 
 
-def _batching(workload: Workload, ctx: GpuContext, launch: Callable[[], None], clock: Any) -> Batch:
-    """Plain launches, or a CUDA graph of short ones (falling back, with the reason, if capture fails)."""
-    if not workload.graphable:
+def _batching(workload: Workload, ctx: GpuContext, launch: Callable[[], None], launch_s: float) -> Batch:
+    """Plain launches, or a CUDA graph of short ones (falling back, with the reason, if capture fails).
+    `launch_s`: one warm launch's device time, from the warm-up."""
+    launch_ms = launch_s * 1e3
+    if not workload.graphable or launch_ms >= GRAPH_BELOW_MS:
         return Batch(launch, 1)
-    probe = run_window(launch, clock, min_window_s=0.0, min_reps=PROBE_LAUNCHES, max_reps=PROBE_LAUNCHES)
-    if probe.median_ms >= GRAPH_BELOW_MS:
-        return Batch(launch, 1)
-    count = min(MAX_GRAPH_LAUNCHES, max(2, math.ceil(GRAPH_TARGET_MS / max(probe.median_ms, 1e-3))))
+    count = min(MAX_GRAPH_LAUNCHES, max(2, math.ceil(GRAPH_TARGET_MS / max(launch_ms, 1e-3))))
     try:
         return Batch(ctx.capture(launch, count), count)
     except Exception as exc:  # a library that cannot be captured still gets measured, with the caveat

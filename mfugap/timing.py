@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 from mfugap.metrics import percentile
 
+MAX_AHEAD = 8  # launches the host queues ahead of the device at most, by default
+
 
 class EventClock(Protocol):
     """The four event operations timing needs; CupyEvents implements them on a CUDA stream."""
@@ -64,22 +66,29 @@ class WindowTiming:
         return percentile(sorted(self.launch_ms), 90)
 
 
+@dataclass(frozen=True)
+class WarmUp:
+    launches: int
+    last_s: float  # device time of the last (warm) launch: what the window can expect per launch
+
+
 def warm_up(launch: Callable[[], None], clock: EventClock, *, warmup_s: float, min_launches: int = 2,
-            host_time: Callable[[], float] = time.perf_counter) -> int:
+            host_time: Callable[[], float] = time.perf_counter) -> WarmUp:
     """Launch until `warmup_s` has passed on the device: compilation, handles and clock ramp stay out."""
     t0 = host_time()
     launches = 0
-    done = clock.new()
+    start, done = clock.new(), clock.new()
     while launches < min_launches or host_time() - t0 < warmup_s:
+        clock.record(start)
         launch()
         clock.record(done)
         clock.wait(done)
         launches += 1
-    return launches
+    return WarmUp(launches, clock.elapsed_ms(start, done) / 1e3)
 
 
 def run_window(launch: Callable[[], None], clock: EventClock, *, min_window_s: float, min_reps: int,
-               max_reps: int = 1_000_000, max_ahead: int = 8,
+               max_reps: int = 1_000_000, max_ahead: int = MAX_AHEAD,
                host_time: Callable[[], float] = time.perf_counter) -> WindowTiming:
     """Time launches back to back until the window is at least `min_window_s` and `min_reps` long."""
     if min_reps < 1 or max_reps < min_reps:

@@ -263,3 +263,23 @@ def test_a_failed_capture_falls_back_and_says_so():
     assert row["timing_note"] == ("CUDA graph capture failed (RuntimeError: "
                                   "cudaErrorStreamCaptureUnsupported): launched one by one from Python")
     assert "python_launch_bound" in row["flags"]
+
+
+def test_long_launches_get_fewer_reps_but_never_fewer_than_a_median_needs():
+    config = WindowConfig(window_s=2.0, min_reps=10, max_window_s=8.0)
+    assert config.reps_for(0.001) == 10 and config.reps_for(0.8) == 10  # 10 x 0.8 s fits in 8 s
+    assert config.reps_for(2.0) == 4
+    assert config.reps_for(60.0) == 3
+    assert config.ahead_for(0.001) == 8 and config.ahead_for(0.5) == 4 and config.ahead_for(3.0) == 1
+    quick = WindowConfig.quick()
+    assert quick.reps_for(1.0) == 3 and quick.max_window_s < WindowConfig().max_window_s
+
+
+def test_a_two_second_kernel_is_timed_four_times_not_ten():
+    clock = FakeEvents(itertools.repeat(2000.0))
+    config = WindowConfig(window_s=0.0, warmup_s=0.0, min_reps=10, max_window_s=8.0)
+    row = measure(Axpy(11, clock), FakeContext(clock), config, suite="demo")
+    assert row["status"] == "ok"
+    assert row["reps"] == 4 and row["kernel_ms_median"] == pytest.approx(2000.0)
+    # two events a launch: at most the running launch and one queued behind it
+    assert clock.max_outstanding <= 4, "the host queued more than one long launch ahead of the device"

@@ -58,6 +58,12 @@ def test_bad_rep_bounds_raise():
 
 def test_warm_up_runs_for_its_time_and_at_least_twice():
     clock = FakeEvents(itertools.repeat(10.0))
-    assert warm_up(clock.launch, clock, warmup_s=0.1, host_time=clock.host_time) == 10
+    assert warm_up(clock.launch, clock, warmup_s=0.1, host_time=clock.host_time).launches == 10
     clock = FakeEvents(itertools.repeat(1000.0))
-    assert warm_up(clock.launch, clock, warmup_s=0.1, host_time=clock.host_time) == 2
+    assert warm_up(clock.launch, clock, warmup_s=0.1, host_time=clock.host_time).launches == 2
+
+
+def test_warm_up_reports_its_last_launch_not_the_cold_first():
+    clock = FakeEvents(iter([500.0, 20.0, 21.0]))  # the first launch compiles
+    warm = warm_up(clock.launch, clock, warmup_s=0.0, min_launches=3, host_time=clock.host_time)
+    assert warm.launches == 3 and warm.last_s == pytest.approx(0.021)
