@@ -7,6 +7,7 @@
 // __shared__ variables become statics, which every thread of the running block shares.
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -44,6 +45,9 @@ HC_VECTOR(uint, unsigned)
 static uint3 threadIdx, blockIdx;
 static dim3 blockDim, gridDim;
 static unsigned char* hc_dynamic_shared;  // `extern __shared__` arrays point here (host_cuda.py)
+
+using std::max;
+using std::min;
 
 template <class T>
 inline T __ldg(const T* p) { return *p; }

@@ -5,6 +5,10 @@ For kernels with no inline PTX and no CUDA headers. A HostKernels stands in for 
 converting arguments by CuPy's rules (a Python int is passed as long long, a float as double) and
 refusing any argument whose type differs from the kernel's parameter: on a GPU such a mismatch is
 silent garbage. Launch limits are CUDA's: at most 1024 threads and 48 KiB of dynamic shared memory.
+
+Each array argument runs in a copy with GUARD_BYTES of 0xFF on both sides: a read past either end gets
+NaN (0xFF bytes are NaN in fp32, fp64 and bf16), which the family's check then finds, and a write there
+fails the launch. Arguments that are the same array share one copy, as they share memory on a GPU.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ HEADER = Path(__file__).with_name("host_cuda.h")
 COMPILER = shutil.which("g++")
 MAX_THREADS = 1024
 MAX_DYNAMIC_SHARED = 48 * 1024  # more needs cudaFuncSetAttribute, which no kernel here asks for
+GUARD_BYTES = 4096
+GUARD = 0xFF
 
 # C type (without const, __restrict__ and the pointer) -> NumPy dtype; a vector type maps to its lanes'
 C_TYPES = {
@@ -148,7 +154,7 @@ class HostFunction:
         self.entry = ctypes.cast(getattr(lib, f"hc_entry_{name}"), ctypes.c_void_p)
         self.launches = 0
 
-    def _argument(self, param: Param, value: Any) -> ctypes._SimpleCData:
+    def _argument(self, param: Param, value: Any, guarded: Guarded) -> ctypes._SimpleCData:
         where = f"{self.name}({param.ctype} {param.name})"
         if param.pointer:
             if not isinstance(value, np.ndarray):
@@ -157,7 +163,7 @@ class HostFunction:
                 raise HostLaunchError(f"{where} needs {param.dtype} elements, got a {value.dtype} array")
             if not value.flags.c_contiguous:
                 raise HostLaunchError(f"{where} gets a strided view: the kernel would read past it")
-            return ctypes.c_void_p(value.ctypes.data)
+            return ctypes.c_void_p(guarded.pointer(value, where))
         dtype = _cupy_dtype(value)
         if dtype != param.dtype:
             raise HostLaunchError(f"{where} gets a {dtype} value: on a GPU its bytes would be misread")
@@ -173,12 +179,42 @@ class HostFunction:
         if not 0 <= shared_mem <= MAX_DYNAMIC_SHARED:
             raise HostLaunchError(f"{self.name}: {shared_mem} bytes of dynamic shared memory, "
                                   "over CUDA's limit without an opt-in")
-        values = [self._argument(p, v) for p, v in zip(self.params, args, strict=True)]
+        guarded = Guarded()
+        values = [self._argument(p, v, guarded) for p, v in zip(self.params, args, strict=True)]
         argv = (ctypes.c_void_p * max(1, len(values)))(*(ctypes.addressof(v) for v in values))
         error = ctypes.create_string_buffer(512)
         if self.lib.hc_launch(self.entry, argv, *grid3, *block3, shared_mem, error, len(error)):
             raise HostLaunchError(f"{self.name}: {error.value.decode()}")
+        guarded.copy_back(self.name)
         self.launches += 1
+
+
+class Guarded:
+    """Copies of a launch's array arguments between guard bands, written back after the launch."""
+
+    def __init__(self) -> None:
+        self.copies: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, str]] = {}
+
+    def pointer(self, array: np.ndarray, where: str) -> int:
+        start, size = array.ctypes.data, array.nbytes
+        key = (start, size)
+        if key not in self.copies:
+            for (other, other_size), (_, _, other_where) in self.copies.items():
+                if start < other + other_size and other < start + size:
+                    raise HostLaunchError(f"{where} overlaps {other_where} without being the same array")
+            band = np.full(size + 2 * GUARD_BYTES, GUARD, dtype=np.uint8)
+            band[GUARD_BYTES:GUARD_BYTES + size] = array.reshape(-1).view(np.uint8)
+            self.copies[key] = (array, band, where)
+        return self.copies[key][1].ctypes.data + GUARD_BYTES
+
+    def copy_back(self, kernel: str) -> None:
+        for array, band, where in self.copies.values():
+            before, after = band[:GUARD_BYTES], band[GUARD_BYTES + array.nbytes:]
+            if (before != GUARD).any() or (after != GUARD).any():
+                raise HostLaunchError(f"{kernel}: wrote outside {where} "
+                                      f"({int((before != GUARD).sum())} bytes before it, "
+                                      f"{int((after != GUARD).sum())} after)")
+            array.reshape(-1).view(np.uint8)[:] = band[GUARD_BYTES:GUARD_BYTES + array.nbytes]
 
 
 class HostKernels:

@@ -7,8 +7,8 @@ import pytest
 import mfugap.kernels
 from mfugap.cuda_source import OFFLINE_ARCHS, parse_ptxas_log, registered
 
-for info in pkgutil.iter_modules(mfugap.kernels.__path__):
-    importlib.import_module(f"mfugap.kernels.{info.name}")
+for info in pkgutil.walk_packages(mfugap.kernels.__path__, prefix="mfugap.kernels."):
+    importlib.import_module(info.name)  # packages too: the GEMM ladder's CUDA C rungs
 
 SOURCES = registered()
 

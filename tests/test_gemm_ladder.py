@@ -24,7 +24,8 @@ from mfugap.verify import TOLERANCE, rel_err
 
 SMALL_TILE = rung03.BlockTile(bm=32, bn=32, bk=4, tm=4, tn=4)  # 64 threads, 4x4 outputs each
 RUNGS = [*ladder.rungs(), rung03.build(SMALL_TILE)]
-CASES = [(rung, shape) for rung in RUNGS for shape in ((37, 45, 29), (5, 7, 3), (*rung.tile, 32))]
+NUMBA_RUNGS = [r for r in RUNGS if r.in_numba]  # CUDA C rungs run on the host: tests/test_host_cuda.py
+CASES = [(rung, shape) for rung in NUMBA_RUNGS for shape in ((37, 45, 29), (5, 7, 3), (*rung.tile, 32))]
 
 
 def _case_id(case: tuple) -> str:
@@ -101,7 +102,7 @@ OFFLINE = f"""
 import json
 from mfugap.kernels.gemm import ladder
 out = {{}}
-for rung in ladder.rungs():
+for rung in filter(lambda r: r.in_numba, ladder.rungs()):
     for arch in {OFFLINE_ARCHS!r}:
         report = ladder.compile_offline(rung, arch)
         (kernel,) = report.kernels.values()
@@ -125,7 +126,7 @@ def offline() -> dict:
 
 
 def test_rungs_compile_to_fp32_math_in_registers(offline):
-    assert len(offline) == len(ladder.rungs()) * len(OFFLINE_ARCHS)
+    assert len(offline) == len([r for r in ladder.rungs() if r.in_numba]) * len(OFFLINE_ARCHS)
     for key, k in offline.items():
         assert k["spills"] == 0 and not k["local"], f"{key} uses local memory: {k}"
         assert not k["f64"] and k["fma"] > 0, f"{key} is not pure fp32 FMA math: {k}"
@@ -150,3 +151,26 @@ def test_ladder_summary_explains_every_rung_and_reads_it_against_cublas():
     assert summary["% of cuBLAS fp32"] == {"rung 1 naive fp32 64x64x64": 5.0}
     assert list(summary["rungs"]) == [f"{r.number} {r.name}" for r in ladder.rungs()]
     assert all(summary["rungs"].values())
+
+
+def test_cuda_c_rungs_take_whole_vectors_and_say_so():
+    rung = next(r for r in ladder.rungs() if not r.in_numba)
+    assert rung.multiple == 4
+    assert all(n % 4 == 0 and k % 4 == 0 for _, n, k in rung.odd_shapes())
+    assert [m for m, _, _ in rung.odd_shapes()] == [m for m, _, _ in ladder.SMALL_ODD_SHAPES]
+    with pytest.raises(ValueError, match="multiples of 4"):
+        rung.workload(64, 45, 64)
+    g = rung.workload(64, 48, 80)
+    assert isinstance(g, ladder.CudaGemm) and g.label == "rung 4 vectorized fp32 64x48x80"
+    assert isinstance(RUNGS[0].workload(5, 7, 3), ladder.NumbaGemm)
+
+
+def test_vectorized_rung_ptx_is_16_byte_loads_and_fmas():
+    from mfugap.kernels.gemm import rung04_vectorized as rung04
+
+    for arch in OFFLINE_ARCHS:
+        ptx = rung04.SOURCE.compile_offline(arch).ptx
+        assert ptx.count("ld.global.nc.v4.f32") >= 2 and ptx.count("st.global.v4.f32") >= 2
+        assert ptx.count("ld.shared.v4.f32") >= 4 and "ld.shared.f32" not in ptx
+        # 16 FMAs per 16-byte shared load: 4 loads feed an 8 x 8 outer product
+        assert ptx.count("fma.rn.f32") == 16 * ptx.count("ld.shared.v4.f32")

@@ -6,6 +6,7 @@ tests/host_cuda.py compiles each CudaSource without inline PTX with g++ against 
 NumPy-backed `cupy`: setup, poison, launch with CuPy's argument rules, check against the float64
 reference. Kernels with inline PTX (tensor cores, timers) are left to the NVRTC and GPU tests.
 """
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from mfugap import cuda_source, measure
 from mfugap.cuda_source import CudaSource
 from mfugap.kernels import elementwise, gemv, launch_bound, roofline, stream
+from mfugap.kernels.gemm import ladder
 from tests import fake_cupy
 from tests.fake_events import FakeStream
 from tests.host_cuda import COMPILER, HostKernels, HostLaunchError, host_runnable, parse_param
@@ -151,6 +153,33 @@ def test_launch_limits_are_cudas():
         f(1, 32, (x, x), shared_mem=64 * 1024)
 
 
+OUT_OF_BOUNDS = source(r"""
+extern "C" __global__ void shift(const float* in, float* out, int by) {
+    out[threadIdx.x] = in[threadIdx.x + by];
+}
+""", "shift")
+
+
+def test_reads_past_an_array_get_nan_and_writes_past_it_fail_the_launch():
+    f = HostKernels(OUT_OF_BOUNDS).function("shift")
+    x = np.arange(8, dtype=np.float32)
+    out = np.zeros(8, dtype=np.float32)
+    f(1, 8, (x, out, np.int32(2)))
+    np.testing.assert_array_equal(out[:6], x[2:])
+    assert np.isnan(out[6:]).all()
+    with pytest.raises(HostLaunchError, match="wrote outside shift"):
+        f(1, 8, (x, out[:4], np.int32(0)))
+
+
+def test_the_same_array_twice_is_one_buffer_and_partial_overlaps_are_refused():
+    f = HostKernels(OUT_OF_BOUNDS).function("shift")
+    x = np.arange(16, dtype=np.float32)
+    f(1, 8, (x, x, np.int32(1)))  # in place: thread i reads i + 1, written by thread i + 1 alone
+    assert x[7] == 8.0
+    with pytest.raises(HostLaunchError, match="overlaps"):
+        f(1, 4, (x[:8], x[4:12], np.int32(0)))
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("const float* __restrict__ b", ("b", "const float*", np.float32, True)),
     ("long long n", ("n", "long long", np.int64, False)),
@@ -179,7 +208,10 @@ def host_cases() -> list:
             *gemv.selftest_cases(),
             *elementwise.selftest_cases(),
             *(c for c in roofline.selftest_cases() if isinstance(c, roofline.Fp32Roofline)),
-            *(c for c in launch_bound.selftest_cases() if not isinstance(c, launch_bound.AxpyChainGraph))]
+            *(c for c in launch_bound.selftest_cases() if not isinstance(c, launch_bound.AxpyChainGraph)),
+            *(c for c in ladder.selftest_cases() if isinstance(c, ladder.CudaGemm)),
+            # more than one group of tile-rows, the last one short: the vectorized rung's block order
+            *(r.workload(1157, 260, 12) for r in ladder.rungs() if not r.in_numba)]
 
 
 @pytest.fixture
@@ -232,5 +264,22 @@ def test_a_kernel_with_a_line_removed_fails_its_check(on_host, monkeypatch, modu
     broken.function = HostKernels(broken).function
     monkeypatch.setattr(module, "SOURCE", broken)
     verdict = measure.verify(case(), FakeStream())
+    assert not verdict.ok
+    assert finding in verdict.detail
+
+
+@pytest.mark.parametrize(("change", "finding"), [
+    (("const int rows_in_group = min(tiles_m - first, GROUP_M);", "const int rows_in_group = GROUP_M;"),
+     "NaN or Inf"),  # tiles of the short last group never computed
+    (("            *reinterpret_cast<float4*>(&Bs[cur ^ 1][b_k][b_col]) = b_next;\n", ""), "relative error"),
+    (("a_in && k0 + a_k < K ?", "a_in ?"), "NaN or Inf"),  # the last row of A read past its end
+])
+def test_the_vectorized_rung_with_a_bug_fails_its_check(on_host, change, finding):
+    rung = next(r for r in ladder.rungs() if not r.in_numba)
+    old, new = change
+    assert old in rung.source.code
+    broken = source(rung.source.code.replace(old, new), *rung.source.kernels)
+    broken.function = HostKernels(broken).function
+    verdict = measure.verify(dataclasses.replace(rung, source=broken).workload(1157, 260, 12), FakeStream())
     assert not verdict.ok
     assert finding in verdict.detail
