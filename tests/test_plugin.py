@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from mfugap.measure import WindowConfig
 from mfugap.plugin import SUITES_DIR, suite_names
 
 NO_GPU = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
@@ -132,3 +133,18 @@ def test_ctrl_c_keeps_and_saves_the_rows_already_measured(tmp_path):
     assert (row["label"], row["status"], row["kernel_ms_median"]) == ("axpy n=64", "ok", 1.0)
     assert row["tflops"] == 128 * row["reps"] / row["window_s"] / 1e12
     assert "mfugap: GPU utilization vs MFU" in proc.stdout and "axpy n=64" in proc.stdout
+
+
+@pytest.mark.parametrize(("flags", "config", "budget_s"), [
+    ((), WindowConfig(), 8 * 60),  # issue 4: the full run in at most 8 minutes on an H100
+    (("--quick",), WindowConfig.quick(), 90),
+])
+def test_the_windows_alone_fit_the_run_budget(tmp_path, flags, config, budget_s):
+    """A lower bound, not a timing: every collected case measures at least one window after its warm-up.
+    Setup, verification and launches longer than the window come on top, so this leaves them a margin
+    of at least a quarter of the budget; adding cases past that fails here, before any GPU is needed."""
+    proc = _pytest(tmp_path, "--benchmark", "--collect-only", "-q", *flags)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cases = sum(1 for line in proc.stdout.splitlines() if "::test_" in line)
+    assert cases > 0
+    assert cases * (config.window_s + config.warmup_s) <= 0.75 * budget_s, f"{cases} cases"
