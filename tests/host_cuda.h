@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #define __global__
@@ -83,6 +84,25 @@ inline Block& block() {
     return b;
 }
 
+inline unsigned long long& block_epoch() {
+    static unsigned long long epoch = 0;
+    return epoch;
+}
+
+// Called where a __shared__ array is declared: the first thread of each block to get there fills it
+// with 0xFF, which reads as NaN, so data left by an earlier block or launch cannot pass for a write.
+inline void fresh_shared(void* array, size_t bytes) {
+    static std::vector<std::pair<void*, unsigned long long>> seen;
+    for (auto& [where, epoch] : seen) {
+        if (where != array) continue;
+        if (epoch != block_epoch()) std::memset(array, 0xFF, bytes);
+        epoch = block_epoch();
+        return;
+    }
+    std::memset(array, 0xFF, bytes);
+    seen.emplace_back(array, block_epoch());
+}
+
 inline int linear_thread() {
     return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
 }
@@ -142,6 +162,7 @@ inline bool release(char* error, size_t error_len) {
 
 inline int run_block(char* error, size_t error_len) {
     Block& b = block();
+    ++block_epoch();
     for (size_t i = 0; i < b.threads.size(); ++i) {
         Thread& t = b.threads[i];
         t.index = {unsigned(i % blockDim.x), unsigned(i / blockDim.x % blockDim.y),
@@ -222,6 +243,7 @@ extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsig
         for (unsigned y = 0; y < gy; ++y) {
             for (unsigned x = 0; x < gx; ++x) {
                 blockIdx = {x, y, z};
+                std::memset(dynamic_shared.data(), 0xFF, dynamic_shared.size());  // NaN, as above
                 if (hc::run_block(error, error_len)) return 1;
             }
         }

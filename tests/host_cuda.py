@@ -45,6 +45,7 @@ C_TYPES = {
 }
 _KERNEL = re.compile(r'extern\s+"C"\s+HC_KERNEL\s+void\s+(\w+)\s*\(([^)]*)\)')
 _DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+((?:__align__\(\d+\)\s+)?[\w:]+)\s+(\w+)\s*\[\s*\]\s*;")
+_STATIC_SHARED = re.compile(r"__shared__\s+((?:__align__\(\d+\)\s+)?[\w:]+)\s+(\w+)((?:\s*\[[^\]]+\])+)\s*;")
 _PARAM = re.compile(r"^(?P<type>.*?[\s*&])(?P<name>\w+)$")
 
 
@@ -94,9 +95,11 @@ def signatures(code: str) -> dict[str, list[Param]]:
 
 
 def host_code(code: str, kernels: dict[str, list[Param]]) -> str:
-    """The source with `extern __shared__` arrays pointed at the launch's buffer, plus one entry per
-    kernel that unpacks an array of argument pointers into a call."""
+    """The source with `extern __shared__` arrays pointed at the launch's buffer, `__shared__` arrays
+    filled with 0xFF (NaN) at the start of each block, so a read of an element no thread of the block
+    wrote shows, plus one entry per kernel that unpacks an array of argument pointers into a call."""
     code = _DYNAMIC_SHARED.sub(r"\1* \2 = reinterpret_cast<\1*>(hc_dynamic_shared);", code)
+    code = _STATIC_SHARED.sub(r"__shared__ \1 \2\3; hc::fresh_shared(\2, sizeof(\2));", code)
     entries = []
     for name, params in kernels.items():
         call = ", ".join(f"*static_cast<{p.ctype}*>(a[{i}])" for i, p in enumerate(params))
@@ -114,8 +117,10 @@ def _build(code: str) -> tuple[ctypes.CDLL, dict[str, list[Param]]]:
     if not library.exists():
         cpp, built = (Path(f"{stem}.{os.getpid()}{ext}") for ext in (".cpp", ".so"))  # one per process
         cpp.write_text(host_code(code, kernels))
-        subprocess.run([COMPILER, "-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-include", str(HEADER),
-                        "-o", str(built), str(cpp)], check=True)
+        done = subprocess.run([COMPILER, "-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-include",
+                               str(HEADER), "-o", str(built), str(cpp)], capture_output=True, text=True)
+        if done.returncode:
+            raise HostLaunchError(f"g++ cannot build {cpp} for the host:\n{done.stderr[-3000:]}")
         built.replace(library)  # atomic: nobody loads half a library
     lib = ctypes.CDLL(str(library))
     lib.hc_launch.restype = ctypes.c_int

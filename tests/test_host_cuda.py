@@ -125,6 +125,24 @@ def test_two_dimensional_grid_and_block_indices():
     np.testing.assert_array_equal(out, expected)
 
 
+UNWRITTEN_SHARED = source(r"""
+extern "C" __global__ void first_half(float* out) {
+    __shared__ float tile[64];
+    if (threadIdx.x < 32) tile[threadIdx.x] = 1.0f;
+    __syncthreads();
+    out[blockIdx.x * 64 + threadIdx.x] = tile[threadIdx.x];
+}
+""", "first_half")
+
+
+def test_shared_memory_no_thread_of_the_block_wrote_reads_nan():
+    """Each block starts with its shared arrays full of NaN, not with what the last block left."""
+    out = np.zeros(2 * 64, dtype=np.float32)
+    HostKernels(UNWRITTEN_SHARED).function("first_half")(2, 64, (out,))
+    for block in out.reshape(2, 64):
+        assert (block[:32] == 1).all() and np.isnan(block[32:]).all()
+
+
 def test_dynamic_shared_memory():
     x = np.arange(40, dtype=np.float32)
     out = np.zeros_like(x)
@@ -271,7 +289,8 @@ def test_a_kernel_with_a_line_removed_fails_its_check(on_host, monkeypatch, modu
 @pytest.mark.parametrize(("change", "finding"), [
     (("const int rows_in_group = min(tiles_m - first, GROUP_M);", "const int rows_in_group = GROUP_M;"),
      "NaN or Inf"),  # tiles of the short last group never computed
-    (("            *reinterpret_cast<float4*>(&Bs[cur ^ 1][b_k][b_col]) = b_next;\n", ""), "relative error"),
+    # the second stage of B never written: its shared memory still holds the NaN each block starts with
+    (("            *reinterpret_cast<float4*>(&Bs[cur ^ 1][b_k][b_col]) = b_next;\n", ""), "NaN or Inf"),
     (("a_in && k0 + a_k < K ?", "a_in ?"), "NaN or Inf"),  # the last row of A read past its end
 ])
 def test_the_vectorized_rung_with_a_bug_fails_its_check(on_host, change, finding):
