@@ -1,10 +1,13 @@
 // Enough of CUDA C to run a kernel that uses no inline PTX on the CPU, for tests (see host_cuda.py).
 //
 // Blocks run one after another; a block's threads are coroutines (ucontext) on one OS thread, each run
-// until it reaches a barrier (__syncthreads, a warp shuffle, __syncwarp) or returns. A barrier opens
-// when every thread still running in its scope has reached it; when no barrier can open, the threads
-// diverged, which on a GPU is a hang or undefined behaviour, and the launch fails with that message.
-// __shared__ variables become statics, which every thread of the running block shares.
+// until it reaches a barrier (__syncthreads, a warp shuffle, __syncwarp) or returns, in thread order or
+// in reverse (host_cuda.py runs every launch both ways and compares: a race shows as a difference). A
+// barrier opens when every thread still running in its scope has reached it; when no barrier can open,
+// the threads diverged, which on a GPU is a hang or undefined behaviour, and the launch fails with that
+// message. __shared__ variables become statics, which every thread of the running block shares.
+// Not modelled: __syncwarp and shuffle masks (every running lane of the warp takes part), and the
+// undefined behaviour of __syncthreads after some threads of the block returned (it opens here).
 #include <ucontext.h>
 
 #include <algorithm>
@@ -24,6 +27,7 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static
+#define HC_SHARED static  // a __shared__ declaration host_cuda.py has taken note of
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
@@ -47,6 +51,8 @@ static uint3 threadIdx, blockIdx;
 static dim3 blockDim, gridDim;
 static unsigned char* hc_dynamic_shared;  // `extern __shared__` arrays point here (host_cuda.py)
 
+using std::isinf;
+using std::isnan;
 using std::max;
 using std::min;
 
@@ -75,6 +81,7 @@ struct Block {
     std::vector<unsigned char> slots;  // one shuffle slot per thread
     ucontext_t scheduler;
     int current = 0;
+    bool reverse = false;  // run threads in reverse order
     void (*kernel)(void**) = nullptr;
     void** args = nullptr;
 };
@@ -118,6 +125,8 @@ inline void thread_main() {
     Block& b = block();
     b.kernel(b.args);
     b.threads[b.current].state = DONE;  // returning resumes the scheduler through uc_link
+    // a lane that returned has no value to shuffle: reading its slot gives 0xFF bytes (NaN)
+    std::memset(&b.slots[b.current * SLOT_BYTES], 0xFF, SLOT_BYTES);
 }
 
 // Opens whatever barrier can open; false when none can although threads are waiting.
@@ -174,8 +183,10 @@ inline int run_block(char* error, size_t error_len) {
         t.context.uc_link = &b.scheduler;
         makecontext(&t.context, thread_main, 0);
     }
+    const size_t n = b.threads.size();
     for (;;) {
-        for (size_t i = 0; i < b.threads.size(); ++i) {
+        for (size_t k = 0; k < n; ++k) {
+            const size_t i = b.reverse ? n - 1 - k : k;
             if (b.threads[i].state != RUNNABLE) continue;
             b.current = (int)i;
             threadIdx = b.threads[i].index;
@@ -206,16 +217,19 @@ inline T exchange(T v, int src_lane) {
 inline void __syncthreads() { hc::wait_at(hc::AT_BLOCK_BARRIER); }
 inline void __syncwarp(unsigned = 0xffffffffu) { hc::wait_at(hc::AT_WARP_BARRIER); }
 
+// Lanes out of range follow the CUDA C++ Programming Guide: __shfl_sync takes the source lane modulo
+// width; __shfl_xor_sync may read earlier groups of `width` lanes, and a later group gives the lane's own
+// value, as does a __shfl_down_sync past the end of its group.
 template <class T>
 inline T __shfl_sync(unsigned, T v, int src, int width = 32) {
     const int lane = hc::linear_thread() % 32;
-    return hc::exchange(v, lane / width * width + src % width);
+    return hc::exchange(v, lane / width * width + (src % width + width) % width);
 }
 template <class T>
 inline T __shfl_xor_sync(unsigned, T v, int mask, int width = 32) {
     const int lane = hc::linear_thread() % 32;
     const int src = lane ^ mask;
-    return hc::exchange(v, src / width == lane / width ? src : lane);
+    return hc::exchange(v, src < (lane / width + 1) * width ? src : lane);
 }
 template <class T>
 inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
@@ -226,7 +240,7 @@ inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
 
 // The launch: `kernel` unpacks `args` (pointers to each argument's value) and calls the kernel.
 extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsigned gy, unsigned gz,
-                         unsigned bx, unsigned by, unsigned bz, size_t dynamic_shared_bytes,
+                         unsigned bx, unsigned by, unsigned bz, size_t dynamic_shared_bytes, int reverse,
                          char* error, size_t error_len) {
     hc::Block& b = hc::block();
     gridDim = {gx, gy, gz};
@@ -234,7 +248,8 @@ extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsig
     const size_t n = size_t(bx) * by * bz;
     b.threads.resize(n);
     for (hc::Thread& t : b.threads) t.stack.resize(hc::STACK_BYTES);
-    b.slots.assign(n * hc::SLOT_BYTES, 0);
+    b.slots.assign(n * hc::SLOT_BYTES, 0xFF);
+    b.reverse = reverse != 0;
     b.kernel = kernel;
     b.args = args;
     std::vector<unsigned char> dynamic_shared(dynamic_shared_bytes + 16);

@@ -3,15 +3,25 @@
 For kernels with no inline PTX and no CUDA headers. A HostKernels stands in for a CudaSource's
 `function(name)` and launches like a CuPy RawKernel, `f(grid, block, args, stream=..., shared_mem=...)`,
 converting arguments by CuPy's rules (a Python int is passed as long long, a float as double) and
-refusing any argument whose type differs from the kernel's parameter: on a GPU such a mismatch is
-silent garbage. Launch limits are CUDA's: at most 1024 threads and 48 KiB of dynamic shared memory.
+refusing any argument whose type differs from the kernel's parameter. On a GPU a float given for a
+`float` parameter is garbage; an int given for an `int` happens to work while it is small (the driver
+reads the low 4 bytes), but the workload should say what it means. Launch limits are CUDA's: at most
+1024 threads (or the kernel's __launch_bounds__) and 48 KiB of dynamic shared memory.
 
-Each array argument runs in a copy with GUARD_BYTES of 0xFF on both sides: a read past either end gets
-NaN (0xFF bytes are NaN in fp32, fp64 and bf16), which the family's check then finds, and a write there
-fails the launch. Arguments that are the same array share one copy, as they share memory on a GPU.
+What the host would otherwise hide:
+- Each array argument runs in a copy with GUARD_BYTES of 0xFF on both sides, at the same address
+  modulo 256 as the original (so a misaligned view stays misaligned): a read past either end gets NaN
+  (0xFF bytes are NaN in fp32, fp64 and bf16), which the family's check then finds, and a write there
+  fails the launch. Arguments that are the same array share one copy, as they share memory on a GPU.
+- Every launch runs twice, threads in order and in reverse, from the same inputs; outputs that differ
+  mean a race (a missing barrier) and fail the launch.
+- The build adds UBSan's alignment and bounds checks: a misaligned vector access or an index past a
+  fixed-size (shared or local) array fails the launch with the sanitizer's message.
+- Shared memory and the shuffle slots of returned lanes hold 0xFF (NaN) until written.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -19,7 +29,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +46,9 @@ MAX_THREADS = 1024
 MAX_DYNAMIC_SHARED = 48 * 1024  # more needs cudaFuncSetAttribute, which no kernel here asks for
 GUARD_BYTES = 4096
 GUARD = 0xFF
+ALIGNMENT = 256  # CuPy's allocations are at least this aligned; copies keep an array's offset from it
+FLAGS = ["-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-fno-strict-aliasing",
+         "-fsanitize=alignment,bounds"]
 
 # C type (without const, __restrict__ and the pointer) -> NumPy dtype; a vector type maps to its lanes'
 C_TYPES = {
@@ -43,14 +58,23 @@ C_TYPES = {
     "float2": np.float32, "float4": np.float32, "double2": np.float64, "uint2": np.uint32,
     "uint4": np.uint32, "int2": np.int32, "int4": np.int32,
 }
-_KERNEL = re.compile(r'extern\s+"C"\s+HC_KERNEL\s+void\s+(\w+)\s*\(([^)]*)\)')
-_DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+((?:__align__\(\d+\)\s+)?[\w:]+)\s+(\w+)\s*\[\s*\]\s*;")
-_STATIC_SHARED = re.compile(r"__shared__\s+((?:__align__\(\d+\)\s+)?[\w:]+)\s+(\w+)((?:\s*\[[^\]]+\])+)\s*;")
+_KERNEL = re.compile(r'extern\s+"C"\s+HC_KERNEL\s+void\s+'
+                     r"(?:HC_BOUNDS\(([^,)]+)[^)]*\)\s+)?(\w+)\s*\(([^)]*)\)")  # bounds, name, parameters
+_TYPE = r"((?:__align__\(\d+\)\s+)?(?:(?:unsigned|signed|long|short|volatile)\s+)*[\w:]+)"
+_DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+" + _TYPE + r"\s+(\w+)\s*\[\s*\]\s*;")
+_STATIC_SHARED = re.compile(r"__shared__\s+" + _TYPE + r"\s+(\w+)((?:\s*\[[^\]]+\])*)\s*;")
 _PARAM = re.compile(r"^(?P<type>.*?[\s*&])(?P<name>\w+)$")
 
 
 class HostLaunchError(RuntimeError):
-    """The launch could not run as written: bad arguments or configuration, or diverged barriers."""
+    """The launch could not run as written: bad arguments or configuration, a race, diverged barriers,
+    a write out of bounds or a misaligned access."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    params: list[Param]
+    max_threads: str  # a C expression: the first argument of __launch_bounds__, or CUDA's limit
 
 
 @dataclass(frozen=True)
@@ -84,31 +108,38 @@ def parse_param(text: str) -> Param:
     return Param(match["name"], ctype, np.dtype(C_TYPES[base]), ctype.endswith("*"))
 
 
-def signatures(code: str) -> dict[str, list[Param]]:
-    """Every extern "C" kernel's parameters, read after the preprocessor so macro-made kernels count."""
-    defines = ["-D__global__=HC_KERNEL", "-D__launch_bounds__(...)=", "-D__device__=", "-D__forceinline__=",
-               "-D__align__(n)=", "-D__shared__="]
+def signatures(code: str) -> dict[str, Kernel]:
+    """Every extern "C" kernel's parameters and thread limit, read after the preprocessor so kernels
+    made by macros count."""
+    defines = ["-D__global__=HC_KERNEL", "-D__launch_bounds__(...)=HC_BOUNDS(__VA_ARGS__)", "-D__device__=",
+               "-D__forceinline__=", "-D__align__(n)=", "-D__shared__="]
     out = subprocess.run([COMPILER, "-E", "-P", "-x", "c++", *defines, "-"], input=code, text=True,
                          capture_output=True, check=True).stdout
-    return {name: [parse_param(p) for p in params.split(",") if p.strip()]
-            for name, params in _KERNEL.findall(out)}
+    return {name: Kernel([parse_param(p) for p in params.split(",") if p.strip()], bound or str(MAX_THREADS))
+            for bound, name, params in _KERNEL.findall(out)}
 
 
-def host_code(code: str, kernels: dict[str, list[Param]]) -> str:
-    """The source with `extern __shared__` arrays pointed at the launch's buffer, `__shared__` arrays
+def host_code(code: str, kernels: dict[str, Kernel]) -> str:
+    """The source with `extern __shared__` arrays pointed at the launch's buffer, `__shared__` variables
     filled with 0xFF (NaN) at the start of each block, so a read of an element no thread of the block
-    wrote shows, plus one entry per kernel that unpacks an array of argument pointers into a call."""
+    wrote shows, plus for each kernel an entry that unpacks an array of argument pointers into a call and
+    a function that returns its thread limit (evaluated where the kernel's constants are in scope)."""
     code = _DYNAMIC_SHARED.sub(r"\1* \2 = reinterpret_cast<\1*>(hc_dynamic_shared);", code)
-    code = _STATIC_SHARED.sub(r"__shared__ \1 \2\3; hc::fresh_shared(\2, sizeof(\2));", code)
+    code = _STATIC_SHARED.sub(r"HC_SHARED \1 \2\3; hc::fresh_shared(&\2, sizeof(\2));", code)
+    untracked = re.search(r"__shared__[^;]*;", code)
+    if untracked:
+        raise HostLaunchError(f"cannot track {untracked.group(0)!r}: declare one __shared__ variable per "
+                              "statement, of a one-word or unsigned/long/short type")
     entries = []
-    for name, params in kernels.items():
-        call = ", ".join(f"*static_cast<{p.ctype}*>(a[{i}])" for i, p in enumerate(params))
+    for name, kernel in kernels.items():
+        call = ", ".join(f"*static_cast<{p.ctype}*>(a[{i}])" for i, p in enumerate(kernel.params))
         entries.append(f'extern "C" void hc_entry_{name}(void** a) {{ {name}({call}); }}')
+        entries.append(f'extern "C" int hc_threads_{name}() {{ return (int)({kernel.max_threads}); }}')
     return code + "\n" + "\n".join(entries) + "\n"
 
 
 @functools.cache
-def _build(code: str) -> tuple[ctypes.CDLL, dict[str, list[Param]]]:
+def _build(code: str) -> tuple[ctypes.CDLL, dict[str, Kernel]]:
     kernels = signatures(code)
     folder = Path(tempfile.gettempdir()) / "mfugap-host-cuda"
     folder.mkdir(exist_ok=True)
@@ -117,16 +148,31 @@ def _build(code: str) -> tuple[ctypes.CDLL, dict[str, list[Param]]]:
     if not library.exists():
         cpp, built = (Path(f"{stem}.{os.getpid()}{ext}") for ext in (".cpp", ".so"))  # one per process
         cpp.write_text(host_code(code, kernels))
-        done = subprocess.run([COMPILER, "-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-include",
-                               str(HEADER), "-o", str(built), str(cpp)], capture_output=True, text=True)
+        done = subprocess.run([COMPILER, *FLAGS, "-include", str(HEADER), "-o", str(built), str(cpp)],
+                              capture_output=True, text=True)
         if done.returncode:
             raise HostLaunchError(f"g++ cannot build {cpp} for the host:\n{done.stderr[-3000:]}")
+        cpp.unlink()
         built.replace(library)  # atomic: nobody loads half a library
     lib = ctypes.CDLL(str(library))
     lib.hc_launch.restype = ctypes.c_int
     lib.hc_launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_uint] * 6, ctypes.c_size_t,
-                              ctypes.c_char_p, ctypes.c_size_t]
+                              ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
     return lib, kernels
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """The process's file descriptor 2 into `path`: where UBSan writes its reports."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "wb") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _dim3(value: Any) -> tuple[int, int, int]:
@@ -152,10 +198,11 @@ def _cupy_dtype(value: Any) -> np.dtype:
 class HostFunction:
     """One kernel, called like a CuPy RawKernel."""
 
-    def __init__(self, lib: ctypes.CDLL, name: str, params: list[Param]) -> None:
+    def __init__(self, lib: ctypes.CDLL, name: str, kernel: Kernel) -> None:
         self.lib = lib
         self.name = name
-        self.params = params
+        self.params = kernel.params
+        self.max_threads = int(getattr(lib, f"hc_threads_{name}")())
         self.entry = ctypes.cast(getattr(lib, f"hc_entry_{name}"), ctypes.c_void_p)
         self.launches = 0
 
@@ -179,47 +226,84 @@ class HostFunction:
             raise HostLaunchError(f"{self.name} takes {len(self.params)} arguments, got {len(args)}")
         grid3, block3 = _dim3(grid), _dim3(block)
         threads = int(np.prod(block3))
-        if threads > MAX_THREADS:
-            raise HostLaunchError(f"{self.name}: {threads} threads per block, CUDA allows {MAX_THREADS}")
+        if threads > self.max_threads:
+            raise HostLaunchError(f"{self.name}: {threads} threads per block, the kernel allows "
+                                  f"{self.max_threads}")
         if not 0 <= shared_mem <= MAX_DYNAMIC_SHARED:
             raise HostLaunchError(f"{self.name}: {shared_mem} bytes of dynamic shared memory, "
                                   "over CUDA's limit without an opt-in")
         guarded = Guarded()
         values = [self._argument(p, v, guarded) for p, v in zip(self.params, args, strict=True)]
         argv = (ctypes.c_void_p * max(1, len(values)))(*(ctypes.addressof(v) for v in values))
-        error = ctypes.create_string_buffer(512)
-        if self.lib.hc_launch(self.entry, argv, *grid3, *block3, shared_mem, error, len(error)):
-            raise HostLaunchError(f"{self.name}: {error.value.decode()}")
+        inputs = guarded.snapshot()
+        self._run(argv, grid3, block3, shared_mem, reverse=False)
+        forward = guarded.snapshot()
+        guarded.restore(inputs)
+        self._run(argv, grid3, block3, shared_mem, reverse=True)
+        raced = guarded.differs_from(forward)
+        if raced:
+            raise HostLaunchError(f"{self.name}: {raced} differs when threads run in reverse order: a race "
+                                  "(a missing __syncthreads, or threads writing the same element)")
         guarded.copy_back(self.name)
         self.launches += 1
+
+    def _run(self, argv: Any, grid: tuple, block: tuple, shared_mem: int, reverse: bool) -> None:
+        error = ctypes.create_string_buffer(512)
+        report = Path(tempfile.gettempdir()) / f"mfugap-host-cuda-{os.getpid()}.stderr"
+        with _stderr_to(report):
+            failed = self.lib.hc_launch(self.entry, argv, *grid, *block, shared_mem, int(reverse), error,
+                                        len(error))
+        lines = report.read_text(errors="replace").splitlines()
+        sanitizer = [line for line in lines if "runtime error" in line]
+        report.unlink()
+        if failed:
+            raise HostLaunchError(f"{self.name}: {error.value.decode()}")
+        if sanitizer:
+            raise HostLaunchError(f"{self.name}: {sanitizer[0].split('runtime error: ', 1)[-1]}")
 
 
 class Guarded:
     """Copies of a launch's array arguments between guard bands, written back after the launch."""
 
     def __init__(self) -> None:
-        self.copies: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, str]] = {}
+        self.copies: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, str, int]] = {}
 
     def pointer(self, array: np.ndarray, where: str) -> int:
         start, size = array.ctypes.data, array.nbytes
         key = (start, size)
         if key not in self.copies:
-            for (other, other_size), (_, _, other_where) in self.copies.items():
+            for (other, other_size), (_, _, other_where, _) in self.copies.items():
                 if start < other + other_size and other < start + size:
                     raise HostLaunchError(f"{where} overlaps {other_where} without being the same array")
-            band = np.full(size + 2 * GUARD_BYTES, GUARD, dtype=np.uint8)
-            band[GUARD_BYTES:GUARD_BYTES + size] = array.reshape(-1).view(np.uint8)
-            self.copies[key] = (array, band, where)
-        return self.copies[key][1].ctypes.data + GUARD_BYTES
+            band = np.full(size + 2 * GUARD_BYTES + 2 * ALIGNMENT, GUARD, dtype=np.uint8)
+            # the copy starts where the original does modulo ALIGNMENT, after at least GUARD_BYTES
+            front = GUARD_BYTES + (start - band.ctypes.data - GUARD_BYTES) % ALIGNMENT
+            band[front:front + size] = array.reshape(-1).view(np.uint8)
+            self.copies[key] = (array, band, where, front)
+        return self.copies[key][1].ctypes.data + self.copies[key][3]
+
+    def snapshot(self) -> list[np.ndarray]:
+        return [band.copy() for _, band, _, _ in self.copies.values()]
+
+    def restore(self, snapshot: list[np.ndarray]) -> None:
+        for (_, band, _, _), saved in zip(self.copies.values(), snapshot, strict=True):
+            band[:] = saved
+
+    def differs_from(self, snapshot: list[np.ndarray]) -> str | None:
+        """The first argument whose bytes differ from `snapshot`, or None."""
+        for (_, band, where, _), saved in zip(self.copies.values(), snapshot, strict=True):
+            if not np.array_equal(band, saved):
+                return where
+        return None
 
     def copy_back(self, kernel: str) -> None:
-        for array, band, where in self.copies.values():
-            before, after = band[:GUARD_BYTES], band[GUARD_BYTES + array.nbytes:]
+        for array, band, where, front in self.copies.values():
+            before, after = band[:front], band[front + array.nbytes:]
             if (before != GUARD).any() or (after != GUARD).any():
                 raise HostLaunchError(f"{kernel}: wrote outside {where} "
                                       f"({int((before != GUARD).sum())} bytes before it, "
                                       f"{int((after != GUARD).sum())} after)")
-            array.reshape(-1).view(np.uint8)[:] = band[GUARD_BYTES:GUARD_BYTES + array.nbytes]
+            array.reshape(-1).view(np.uint8)[:] = band[front:front + array.nbytes]
 
 
 class HostKernels:
@@ -233,7 +317,7 @@ class HostKernels:
         missing = set(source.kernels) - set(kernels)
         if missing:
             raise HostLaunchError(f"declared kernels not found in the source: {sorted(missing)}")
-        self.functions = {name: HostFunction(lib, name, params) for name, params in kernels.items()}
+        self.functions = {name: HostFunction(lib, name, kernel) for name, kernel in kernels.items()}
 
     def function(self, name: str) -> HostFunction:
         return self.functions[name]

@@ -61,12 +61,31 @@ def test_barrier_orders_shared_memory_between_threads():
     np.testing.assert_array_equal(out, data.reshape(3, 256)[:, ::-1].ravel())
 
 
-def test_missing_barrier_shows_as_wrong_results():
-    """Threads run until they block, so a read of shared memory that no barrier orders sees stale data."""
+RACES = source(r"""
+extern "C" __global__ void from_previous_thread(const float* x, float* out) {
+    __shared__ float t[64];
+    t[threadIdx.x] = x[threadIdx.x];
+    out[threadIdx.x] = threadIdx.x ? t[threadIdx.x - 1] : 0.0f;  // no barrier between write and read
+}
+extern "C" __global__ void same_element(float* out) {
+    out[0] = (float)threadIdx.x;
+}
+""", "from_previous_thread", "same_element")
+
+
+@pytest.mark.parametrize(("kernel", "args"), [
+    ("from_previous_thread", (np.arange(64, dtype=np.float32), np.zeros(64, dtype=np.float32))),
+    ("same_element", (np.zeros(1, dtype=np.float32),)),
+])
+def test_races_fail_the_launch_whichever_thread_comes_first(kernel, args):
+    with pytest.raises(HostLaunchError, match="differs when threads run in reverse order: a race"):
+        HostKernels(RACES).function(kernel)(1, 64, args)
+
+
+def test_missing_barrier_fails_the_launch():
     data = np.arange(256, dtype=np.int32)
-    out = np.zeros_like(data)
-    HostKernels(REVERSE).function("reverse_unsynced")(1, 256, (data, out))
-    assert not np.array_equal(out, data[::-1])
+    with pytest.raises(HostLaunchError, match="a race"):
+        HostKernels(REVERSE).function("reverse_unsynced")(1, 256, (data, np.zeros_like(data)))
 
 
 def test_divergent_barrier_fails_the_launch():
@@ -108,6 +127,31 @@ def test_warp_shuffles_exchange_between_lanes_of_one_warp():
     HostKernels(SHUFFLES).function("warp_sums")(1, 64, (x, out, out64))
     np.testing.assert_array_equal(out, np.repeat([x[:32].sum(), x[32:].sum()], 32))
     np.testing.assert_array_equal(out64, [x[:32].sum(), x[32:].sum()])  # lane 0 of each warp
+
+
+PARTIAL_WARP = source(r"""
+extern "C" __global__ void sum_first(const float* x, float* out, int n) {
+    if ((int)threadIdx.x >= n) return;  // lanes past n return before the shuffles: undefined on a GPU
+    float v = x[threadIdx.x];
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    out[threadIdx.x] = v;
+}
+extern "C" __global__ void xor_within_16(float* out) {
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (float)threadIdx.x, 16, 16);
+}
+""", "sum_first", "xor_within_16")
+
+
+def test_a_shuffle_reading_a_returned_lane_gets_nan():
+    out = np.zeros(32, dtype=np.float32)
+    HostKernels(PARTIAL_WARP).function("sum_first")(1, 32, (np.ones(32, dtype=np.float32), out, np.int32(20)))
+    assert np.isnan(out[:20]).all() and (out[20:] == 0).all()
+
+
+def test_xor_into_a_later_group_of_width_lanes_returns_the_own_value():
+    out = np.zeros(32, dtype=np.float32)
+    HostKernels(PARTIAL_WARP).function("xor_within_16")(1, 32, (out,))
+    np.testing.assert_array_equal(out, [*range(16), *range(0, 16)])  # lanes 16-31 read group 0
 
 
 def test_shfl_sync_broadcasts_one_lane():
@@ -165,7 +209,7 @@ def test_arguments_follow_cupy_rules_and_must_match_the_kernel(args, problem):
 def test_launch_limits_are_cudas():
     f = HostKernels(SHUFFLES).function("dynamic_reverse")
     x = np.zeros(2048, dtype=np.float32)
-    with pytest.raises(HostLaunchError, match="2048 threads per block"):
+    with pytest.raises(HostLaunchError, match="2048 threads per block, the kernel allows 1024"):
         f(1, 2048, (x, x))
     with pytest.raises(HostLaunchError, match="dynamic shared memory"):
         f(1, 32, (x, x), shared_mem=64 * 1024)
@@ -189,13 +233,70 @@ def test_reads_past_an_array_get_nan_and_writes_past_it_fail_the_launch():
         f(1, 8, (x, out[:4], np.int32(0)))
 
 
+ALIASED = source(r"""
+extern "C" __global__ void write_then_read(float* out, const float* in, float* seen) {
+    out[threadIdx.x] = 2.0f;
+    __syncthreads();
+    seen[threadIdx.x] = in[(threadIdx.x + 1) % blockDim.x];
+}
+extern "C" __global__ void misaligned(const float* x, float* out) {
+    out[threadIdx.x] = reinterpret_cast<const float4*>(x)[threadIdx.x].y;
+}
+extern "C" __global__ void shared_index(const int* i, float* out) {
+    __shared__ float tile[8];
+    tile[threadIdx.x] = 1.0f;
+    __syncthreads();
+    out[threadIdx.x] = tile[i[0]];
+}
+extern "C" __global__ void __launch_bounds__(64) bounded(float* out) {
+    __shared__ unsigned int flag;
+    __shared__ float a[4];
+    out[threadIdx.x] = threadIdx.x == 0 ? (float)(flag == 0xFFFFFFFFu) + isnan(a[3]) : 0.0f;
+}
+""", "write_then_read", "misaligned", "shared_index", "bounded")
+
+
 def test_the_same_array_twice_is_one_buffer_and_partial_overlaps_are_refused():
-    f = HostKernels(OUT_OF_BOUNDS).function("shift")
-    x = np.arange(16, dtype=np.float32)
-    f(1, 8, (x, x, np.int32(1)))  # in place: thread i reads i + 1, written by thread i + 1 alone
-    assert x[7] == 8.0
+    f = HostKernels(ALIASED).function("write_then_read")
+    x, seen = np.zeros(8, dtype=np.float32), np.zeros(8, dtype=np.float32)
+    f(1, 8, (x, x, seen))
+    assert (seen == 2).all()  # what another thread wrote through `out`, read through `in`
     with pytest.raises(HostLaunchError, match="overlaps"):
-        f(1, 4, (x[:8], x[4:12], np.int32(0)))
+        f(1, 4, (x[:4], x[2:6], seen[:4]))
+
+
+def test_a_misaligned_vector_load_fails_the_launch():
+    """A view one float into an array keeps its misalignment in the copy; UBSan reports the float4 load."""
+    f = HostKernels(ALIASED).function("misaligned")
+    x, out = np.arange(33, dtype=np.float32), np.zeros(8, dtype=np.float32)
+    f(1, 8, (x[:32], out))
+    np.testing.assert_array_equal(out, x[1:32:4])
+    with pytest.raises(HostLaunchError, match="misaligned address"):
+        f(1, 8, (x[1:], out))
+
+
+def test_an_index_past_a_shared_array_fails_the_launch():
+    f = HostKernels(ALIASED).function("shared_index")
+    out = np.zeros(8, dtype=np.float32)
+    f(1, 8, (np.array([7], dtype=np.int32), out))
+    assert (out == 1).all()
+    with pytest.raises(HostLaunchError, match="out of bounds"):
+        f(1, 8, (np.array([8], dtype=np.int32), out))
+
+
+def test_launch_bounds_limit_the_block_and_scalar_shared_variables_start_as_nan():
+    f = HostKernels(ALIASED).function("bounded")
+    out = np.zeros(64, dtype=np.float32)
+    f(1, 64, (out,))
+    assert out[0] == 2.0  # the unsigned int reads all ones, the float NaN
+    with pytest.raises(HostLaunchError, match="128 threads per block, the kernel allows 64"):
+        f(1, 128, (np.zeros(128, dtype=np.float32),))
+
+
+def test_shared_declarations_the_shim_cannot_track_are_refused():
+    two = source('extern "C" __global__ void k(float* o) { __shared__ float a[4], b[4]; o[0] = a[0]; }', "k")
+    with pytest.raises(HostLaunchError, match="one __shared__ variable per statement"):
+        HostKernels(two)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -219,6 +320,9 @@ def test_kernels_with_inline_ptx_are_refused_with_the_reason():
 
 # --- every host-runnable kernel, through its workload ---------------------------------------------
 
+GROUPS = (1157, 260, 12)  # ten tile-rows for the vectorized rung's block order: a group of 8 and a short one
+
+
 def host_cases() -> list:
     """The selftest cases of every family whose kernels need no inline PTX (cuBLAS, the runtime's
     memcpy and CUDA graphs are not kernels of ours and stay out)."""
@@ -228,8 +332,7 @@ def host_cases() -> list:
             *(c for c in roofline.selftest_cases() if isinstance(c, roofline.Fp32Roofline)),
             *(c for c in launch_bound.selftest_cases() if not isinstance(c, launch_bound.AxpyChainGraph)),
             *(c for c in ladder.selftest_cases() if isinstance(c, ladder.CudaGemm)),
-            # more than one group of tile-rows, the last one short: the vectorized rung's block order
-            *(r.workload(1157, 260, 12) for r in ladder.rungs() if not r.in_numba)]
+            *(r.workload(*GROUPS) for r in ladder.rungs() if not r.in_numba)]
 
 
 @pytest.fixture
@@ -286,19 +389,21 @@ def test_a_kernel_with_a_line_removed_fails_its_check(on_host, monkeypatch, modu
     assert finding in verdict.detail
 
 
-@pytest.mark.parametrize(("change", "finding"), [
+@pytest.mark.parametrize(("change", "shape"), [
+    # tiles of the short last group never computed
     (("const int rows_in_group = min(tiles_m - first, GROUP_M);", "const int rows_in_group = GROUP_M;"),
-     "NaN or Inf"),  # tiles of the short last group never computed
+     GROUPS),
     # the second stage of B never written: its shared memory still holds the NaN each block starts with
-    (("            *reinterpret_cast<float4*>(&Bs[cur ^ 1][b_k][b_col]) = b_next;\n", ""), "NaN or Inf"),
-    (("a_in && k0 + a_k < K ?", "a_in ?"), "NaN or Inf"),  # the last row of A read past its end
+    (("            *reinterpret_cast<float4*>(&Bs[cur ^ 1][b_k][b_col]) = b_next;\n", ""), GROUPS),
+    (("a_in && k0 + a_k < K ?", "a_in ?"), GROUPS),  # the last row of A read past its end
+    (("float4 a_next = a_in && a_k < K ?", "float4 a_next = a_in ?"), (130, 136, 4)),  # K under one step
 ])
-def test_the_vectorized_rung_with_a_bug_fails_its_check(on_host, change, finding):
+def test_the_vectorized_rung_with_a_bug_fails_its_check(on_host, change, shape):
     rung = next(r for r in ladder.rungs() if not r.in_numba)
     old, new = change
     assert old in rung.source.code
     broken = source(rung.source.code.replace(old, new), *rung.source.kernels)
     broken.function = HostKernels(broken).function
-    verdict = measure.verify(dataclasses.replace(rung, source=broken).workload(1157, 260, 12), FakeStream())
+    verdict = measure.verify(dataclasses.replace(rung, source=broken).workload(*shape), FakeStream())
     assert not verdict.ok
-    assert finding in verdict.detail
+    assert "NaN or Inf" in verdict.detail

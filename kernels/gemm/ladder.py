@@ -30,7 +30,8 @@ from mfugap.workload import Check
 
 Dims = tuple[int, ...]
 SIGNATURE = "void(float32[:, ::1], float32[:, ::1], float32[:, ::1])"  # C-contiguous A, B, C
-SMALL_ODD_SHAPES = ((37, 45, 29), (257, 131, 75))  # M, N, K: partial tiles everywhere; simulator: first
+# M, N, K: partial tiles everywhere, and a K shorter than one K step; the simulator runs the first only
+SMALL_ODD_SHAPES = ((37, 45, 29), (257, 131, 75), (130, 133, 3))
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,14 @@ in steps of 8:
   values are two float4 reads, like its 8 B values; with the padding the transposing scalar stores of a
   warp land in 32 distinct banks. Two shared-memory stages (2 x 8.2 KiB), one barrier per step.
 - A thread's 8 rows and 8 columns are two groups of 4, 64 apart, so each 8-lane phase of a warp's float4
-  shared reads covers 128 consecutive bytes (no bank conflict) and its C stores are 256-byte runs.
+  reads of B covers 128 consecutive bytes (no bank conflict; its reads of A are broadcasts) and its C
+  stores are 256-byte runs.
 - Blocks are ordered in groups of GROUP_M tile-rows (as in kernels/mma_gemm.py) so the blocks running at
   once share panels of A and B in L2.
 64 FMAs per 4 shared loads (16 per load, rung 3 has 4). Any M; N and K multiples of 4, so every 16-byte
 vector lies wholly inside or outside a matrix: vectors outside read zeros and stores outside C are
-skipped. Target on an H100: >= 60% of cuBLAS fp32 at 4096^3.
+skipped. A, B and C must start 16-byte aligned, as the whole arrays the workload allocates do. Target
+on an H100: >= 60% of cuBLAS fp32 at 4096^3.
 
 Checked on the CPU only so far: NVRTC for sm_80 and sm_90 (registers, no spills) and the real source run
 on the host (tests/host_cuda.py) on ragged shapes. Its GPU numbers come after its check passes there.
@@ -108,8 +110,8 @@ sgemm_vectorized(const float* __restrict__ A, const float* __restrict__ B, float
             As[cur ^ 1][a_k + 2][a_row] = a_next.z;
             As[cur ^ 1][a_k + 3][a_row] = a_next.w;
             *reinterpret_cast<float4*>(&Bs[cur ^ 1][b_k][b_col]) = b_next;
+            __syncthreads();  // `more` is the same for the whole block, so this barrier is reached by all
         }
-        __syncthreads();
     }
 
 #pragma unroll
