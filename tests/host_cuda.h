@@ -1,13 +1,14 @@
 // Enough of CUDA C to run a kernel that uses no inline PTX on the CPU, for tests (see host_cuda.py).
 //
 // Blocks run one after another; a block's threads are coroutines (ucontext) on one OS thread, each run
-// until it reaches a barrier (__syncthreads, a warp shuffle, __syncwarp) or returns, in thread order or
-// in reverse (host_cuda.py runs every launch both ways and compares: a race shows as a difference). A
+// until it reaches a barrier (__syncthreads, a warp shuffle, __syncwarp) or returns, in one of two orders
+// (run_block; host_cuda.py runs every launch both ways and compares: a race shows as a difference). A
 // barrier opens when every thread still running in its scope has reached it; when no barrier can open,
 // the threads diverged, which on a GPU is a hang or undefined behaviour, and the launch fails with that
 // message. __shared__ variables become statics, which every thread of the running block shares.
 // Not modelled: __syncwarp and shuffle masks (every running lane of the warp takes part), and the
 // undefined behaviour of __syncthreads after some threads of the block returned (it opens here).
+#include <time.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -49,7 +50,11 @@ HC_VECTOR(uint, unsigned)
 
 static uint3 threadIdx, blockIdx;
 static dim3 blockDim, gridDim;
-static unsigned char* hc_dynamic_shared;  // `extern __shared__` arrays point here (host_cuda.py)
+// `extern __shared__` arrays point here (host_cuda.py); static, like the __shared__ arrays, so that every
+// shared address is within 2 GiB of hc_shared_anchor and fits the 32 bits of a .shared address
+constexpr size_t HC_MAX_DYNAMIC_SHARED = 48 * 1024;
+static unsigned char hc_dynamic_shared[HC_MAX_DYNAMIC_SHARED] __attribute__((aligned(128)));
+static char hc_shared_anchor;
 
 using std::isinf;
 using std::isnan;
@@ -66,22 +71,30 @@ namespace hc {
 
 enum State { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
 
+struct CpAsync {
+    void* dst;
+    const void* src;
+    int bytes, src_bytes;  // src_bytes < bytes: the rest is zero-filled
+};
+
 struct Thread {
     ucontext_t context;
     uint3 index;
     State state = DONE;
     std::vector<char> stack;
+    std::vector<CpAsync> open;  // cp.async copies not yet committed to a group
+    std::vector<std::vector<CpAsync>> committed;  // groups in commit order, not yet waited for
 };
 
 constexpr size_t STACK_BYTES = 256 * 1024;
-constexpr size_t SLOT_BYTES = 16;  // the largest value a shuffle moves
+constexpr size_t SLOT_BYTES = 64;  // the most one lane hands its warp: an mma's A, B and C fragments
 
 struct Block {
     std::vector<Thread> threads;
     std::vector<unsigned char> slots;  // one shuffle slot per thread
     ucontext_t scheduler;
     int current = 0;
-    bool reverse = false;  // run threads in reverse order
+    bool reverse = false;  // run the threads warp by warp from the last (run_block)
     void (*kernel)(void**) = nullptr;
     void** args = nullptr;
 };
@@ -121,35 +134,42 @@ inline void wait_at(State barrier) {
     swapcontext(&t.context, &b.scheduler);
 }
 
+inline void complete(const std::vector<CpAsync>& copies) {
+    for (const CpAsync& c : copies) {
+        std::memcpy(c.dst, c.src, c.src_bytes);
+        std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+    }
+}
+
 inline void thread_main() {
     Block& b = block();
     b.kernel(b.args);
+    Thread& me = b.threads[b.current];
+    for (const auto& group : me.committed) complete(group);  // copies land even if nobody waits
+    complete(me.open);
     b.threads[b.current].state = DONE;  // returning resumes the scheduler through uc_link
     // a lane that returned has no value to shuffle: reading its slot gives 0xFF bytes (NaN)
     std::memset(&b.slots[b.current * SLOT_BYTES], 0xFF, SLOT_BYTES);
 }
 
-// Opens whatever barrier can open; false when none can although threads are waiting.
-inline bool release(char* error, size_t error_len) {
+// Opens every barrier that all its threads still running have reached; true if one opened.
+inline bool open_barriers() {
     Block& b = block();
     const int n = (int)b.threads.size();
-    bool any_waiting = false;
-    bool released = false;
+    bool opened = false;
     for (int w = 0; w < (n + 31) / 32; ++w) {  // a warp barrier: every running lane of the warp there
         bool waiting = false, complete = true;
         for (int i = 32 * w; i < n && i < 32 * w + 32; ++i) {
             waiting |= b.threads[i].state == AT_WARP_BARRIER;
             complete &= b.threads[i].state == AT_WARP_BARRIER || b.threads[i].state == DONE;
         }
-        any_waiting |= waiting;
         if (waiting && complete) {
             for (int i = 32 * w; i < n && i < 32 * w + 32; ++i) {
                 if (b.threads[i].state == AT_WARP_BARRIER) b.threads[i].state = RUNNABLE;
             }
-            released = true;
+            opened = true;
         }
     }
-    if (released) return true;
     bool at_block = false, complete = true;
     for (Thread& t : b.threads) {
         at_block |= t.state == AT_BLOCK_BARRIER;
@@ -159,43 +179,64 @@ inline bool release(char* error, size_t error_len) {
         for (Thread& t : b.threads) {
             if (t.state == AT_BLOCK_BARRIER) t.state = RUNNABLE;
         }
-        return true;
+        opened = true;
     }
-    if (any_waiting || at_block) {
-        std::snprintf(error, error_len, "block (%u,%u,%u): threads wait at different barriers "
-                      "(divergent __syncthreads or a shuffle some lanes skip): a hang on a GPU",
-                      blockIdx.x, blockIdx.y, blockIdx.z);
-    }
-    return false;
+    return opened;
 }
 
+inline void run_thread(int i) {
+    Block& b = block();
+    b.current = i;
+    threadIdx = b.threads[i].index;
+    swapcontext(&b.scheduler, &b.threads[i].context);
+}
+
+// Forward: every runnable thread in index order, then the barriers that can open, round after round.
+// Reverse: always the highest-numbered runnable thread, barriers opened as soon as they can, so the
+// last warp runs as far as it can (to a __syncthreads or its end) before the one below it starts: a
+// warp that reads what another warp has not written yet, for want of a barrier, then reads stale data.
 inline int run_block(char* error, size_t error_len) {
     Block& b = block();
     ++block_epoch();
-    for (size_t i = 0; i < b.threads.size(); ++i) {
+    const int n = (int)b.threads.size();
+    for (int i = 0; i < n; ++i) {
         Thread& t = b.threads[i];
         t.index = {unsigned(i % blockDim.x), unsigned(i / blockDim.x % blockDim.y),
                    unsigned(i / (blockDim.x * blockDim.y))};
         t.state = RUNNABLE;
+        t.open.clear();
+        t.committed.clear();
         getcontext(&t.context);
         t.context.uc_stack.ss_sp = t.stack.data();
         t.context.uc_stack.ss_size = t.stack.size();
         t.context.uc_link = &b.scheduler;
         makecontext(&t.context, thread_main, 0);
     }
-    const size_t n = b.threads.size();
     for (;;) {
-        for (size_t k = 0; k < n; ++k) {
-            const size_t i = b.reverse ? n - 1 - k : k;
-            if (b.threads[i].state != RUNNABLE) continue;
-            b.current = (int)i;
-            threadIdx = b.threads[i].index;
-            swapcontext(&b.scheduler, &b.threads[i].context);
+        if (b.reverse) {
+            int i = n - 1;
+            while (i >= 0 && b.threads[i].state != RUNNABLE) --i;
+            if (i >= 0) {
+                run_thread(i);
+                bool warp_runnable = false;  // lanes below i still to run: no barrier of i's can open yet
+                for (int j = i / 32 * 32; j < i; ++j) warp_runnable |= b.threads[j].state == RUNNABLE;
+                if (!warp_runnable) open_barriers();
+                continue;
+            }
+        } else {
+            for (int i = 0; i < n; ++i) {
+                if (b.threads[i].state == RUNNABLE) run_thread(i);
+            }
         }
         bool done = true;
         for (Thread& t : b.threads) done &= t.state == DONE;
         if (done) return 0;
-        if (!release(error, error_len)) return 1;
+        if (!open_barriers()) {
+            std::snprintf(error, error_len, "block (%u,%u,%u): threads wait at different barriers "
+                          "(divergent __syncthreads or a shuffle some lanes skip): a hang on a GPU",
+                          blockIdx.x, blockIdx.y, blockIdx.z);
+            return 1;
+        }
     }
 }
 
@@ -238,11 +279,151 @@ inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
     return hc::exchange(v, src / width == lane / width ? src : lane);
 }
 
+// The PTX instructions our kernels use in inline asm; host_cuda.py rewrites each asm statement into a
+// call of one of these. Semantics from the PTX ISA: warp-wide instructions (ldmatrix, mma) gather every
+// lane's operands at a warp barrier, as the hardware does, and give each lane its part of the result.
+namespace ptx {
+
+inline unsigned long long globaltimer() {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000ull + t.tv_nsec;
+}
+
+inline char* shared(unsigned address) { return &hc_shared_anchor + static_cast<int>(address); }
+
+// cp.async: the copy happens when a wait_group covering its group returns (or when the thread ends),
+// so a kernel that reads the destination before waiting reads what was there before.
+inline void cp_async(unsigned dst, unsigned long long src, int bytes, int src_bytes) {
+    hc::Block& b = hc::block();
+    b.threads[b.current].open.push_back({shared(dst), reinterpret_cast<const void*>(src), bytes, src_bytes});
+}
+inline void cp_async_commit() {
+    hc::Thread& t = hc::block().threads[hc::block().current];
+    t.committed.push_back(t.open);
+    t.open.clear();
+}
+inline void cp_async_wait(int pending) {
+    hc::Thread& t = hc::block().threads[hc::block().current];
+    while ((int)t.committed.size() > pending) {
+        hc::complete(t.committed.front());
+        t.committed.erase(t.committed.begin());
+    }
+}
+
+inline int lane() { return hc::linear_thread() % 32; }
+inline unsigned char* slot(int lane_in_warp) {
+    hc::Block& b = hc::block();
+    return &b.slots[(hc::linear_thread() / 32 * 32 + lane_in_warp) * hc::SLOT_BYTES];
+}
+
+// ldmatrix.sync.aligned.m8n8.x{count}[.trans].shared.b16: lanes 8i..8i+7 give the row addresses of
+// matrix i; lane l receives, of each matrix, row l/4, elements 2(l%4) and 2(l%4)+1 (of the transpose
+// with .trans), the lower-indexed element in the lower half.
+inline void ldmatrix(unsigned* d, int count, bool trans, unsigned address) {
+    std::memcpy(slot(lane()), &address, 4);
+    hc::wait_at(hc::AT_WARP_BARRIER);
+    const int l = lane();
+    auto row = [](int lane_in_warp) {
+        unsigned a;
+        std::memcpy(&a, slot(lane_in_warp), 4);
+        return reinterpret_cast<const unsigned short*>(shared(a));
+    };
+    for (int i = 0; i < count; ++i) {
+        unsigned short lo, hi;
+        if (trans) {
+            lo = row(8 * i + 2 * (l % 4))[l / 4];
+            hi = row(8 * i + 2 * (l % 4) + 1)[l / 4];
+        } else {
+            lo = row(8 * i + l / 4)[2 * (l % 4)];
+            hi = row(8 * i + l / 4)[2 * (l % 4) + 1];
+        }
+        d[i] = lo | unsigned(hi) << 16;
+    }
+    hc::wait_at(hc::AT_WARP_BARRIER);
+}
+
+inline float bf16_value(unsigned short bits) { return __uint_as_float(unsigned(bits) << 16); }
+inline float f16_value(unsigned short bits) {
+    _Float16 h;
+    std::memcpy(&h, &bits, 2);
+    return float(h);
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 d, a, b, c. With g = lane/4 and
+// t = lane%4: a0 (row g, k 2t..2t+1), a1 (row g+8), a2 (row g, k 2t+8..), a3 (row g+8, k 2t+8..);
+// b0 (k 2t..2t+1, col g), b1 (k 2t+8..); c/d 0,1 (row g, cols 2t, 2t+1), 2,3 (row g+8). Products are
+// summed in double and rounded once to fp32: exact where the hardware is exact, within fp32 elsewhere.
+struct MmaOperands {
+    unsigned a[4], b[2];
+    float c[4];
+};
+
+inline void mma_m16n8k16(float* d, bool bf16, const MmaOperands& mine) {
+    std::memcpy(slot(lane()), &mine, sizeof mine);
+    hc::wait_at(hc::AT_WARP_BARRIER);
+    float a[16][16], b[16][8], c[16][8];
+    auto value = [bf16](unsigned word, int half) {
+        const unsigned short bits = half ? word >> 16 : word & 0xFFFF;
+        return bf16 ? bf16_value(bits) : f16_value(bits);
+    };
+    for (int l = 0; l < 32; ++l) {
+        MmaOperands o;
+        std::memcpy(&o, slot(l), sizeof o);
+        const int g = l / 4, t = l % 4;
+        for (int h = 0; h < 2; ++h) {
+            a[g][2 * t + h] = value(o.a[0], h);
+            a[g + 8][2 * t + h] = value(o.a[1], h);
+            a[g][2 * t + 8 + h] = value(o.a[2], h);
+            a[g + 8][2 * t + 8 + h] = value(o.a[3], h);
+            b[2 * t + h][g] = value(o.b[0], h);
+            b[2 * t + 8 + h][g] = value(o.b[1], h);
+            c[g][2 * t + h] = o.c[h];
+            c[g + 8][2 * t + h] = o.c[2 + h];
+        }
+    }
+    const int g = lane() / 4, t = lane() % 4;
+    for (int r = 0; r < 4; ++r) {
+        const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
+        double sum = c[row][col];
+        for (int k = 0; k < 16; ++k) sum += double(a[row][k]) * b[k][col];
+        d[r] = float(sum);
+    }
+    hc::wait_at(hc::AT_WARP_BARRIER);
+}
+
+// cvt.rn.{bf16,f16}x2.f32 d, hi, lo: both rounded to nearest even, hi in the upper half.
+inline unsigned short to_bf16(float x) {
+    const unsigned bits = __float_as_uint(x);
+    if (std::isnan(x)) return 0x7FFF;
+    return (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
+}
+inline unsigned short to_f16(float x) {
+    const _Float16 h = static_cast<_Float16>(x);
+    unsigned short bits;
+    std::memcpy(&bits, &h, 2);
+    return bits;
+}
+inline unsigned cvt_x2(bool bf16, float hi, float lo) {
+    return bf16 ? to_bf16(lo) | unsigned(to_bf16(hi)) << 16 : to_f16(lo) | unsigned(to_f16(hi)) << 16;
+}
+
+}  // namespace ptx
+
+inline unsigned long long __cvta_generic_to_shared(const void* p) {
+    return static_cast<unsigned>(static_cast<const char*>(p) - &hc_shared_anchor);
+}
+inline unsigned long long __cvta_generic_to_global(const void* p) { return reinterpret_cast<uintptr_t>(p); }
+
 // The launch: `kernel` unpacks `args` (pointers to each argument's value) and calls the kernel.
 extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsigned gy, unsigned gz,
                          unsigned bx, unsigned by, unsigned bz, size_t dynamic_shared_bytes, int reverse,
                          char* error, size_t error_len) {
     hc::Block& b = hc::block();
+    if (dynamic_shared_bytes > HC_MAX_DYNAMIC_SHARED) {
+        std::snprintf(error, error_len, "%zu bytes of dynamic shared memory", dynamic_shared_bytes);
+        return 1;
+    }
     gridDim = {gx, gy, gz};
     blockDim = {bx, by, bz};
     const size_t n = size_t(bx) * by * bz;
@@ -252,13 +433,11 @@ extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsig
     b.reverse = reverse != 0;
     b.kernel = kernel;
     b.args = args;
-    std::vector<unsigned char> dynamic_shared(dynamic_shared_bytes + 16);
-    hc_dynamic_shared = dynamic_shared.data();
     for (unsigned z = 0; z < gz; ++z) {
         for (unsigned y = 0; y < gy; ++y) {
             for (unsigned x = 0; x < gx; ++x) {
                 blockIdx = {x, y, z};
-                std::memset(dynamic_shared.data(), 0xFF, dynamic_shared.size());  // NaN, as above
+                std::memset(hc_dynamic_shared, 0xFF, dynamic_shared_bytes);  // NaN, as above
                 if (hc::run_block(error, error_len)) return 1;
             }
         }

@@ -13,8 +13,10 @@ What the host would otherwise hide:
   modulo 256 as the original (so a misaligned view stays misaligned): a read past either end gets NaN
   (0xFF bytes are NaN in fp32, fp64 and bf16), which the family's check then finds, and a write there
   fails the launch. Arguments that are the same array share one copy, as they share memory on a GPU.
-- Every launch runs twice, threads in order and in reverse, from the same inputs; outputs that differ
-  mean a race (a missing barrier) and fail the launch.
+- Every launch runs twice from the same inputs: threads in order, round by round, then warp by warp from
+  the last (each as far as it gets before the next starts) and in reverse within a warp. Outputs that
+  differ mean a race (a missing barrier) and fail the launch. Kernels that read the global timer run once:
+  their outputs depend on time.
 - The build adds UBSan's alignment and bounds checks: a misaligned vector access or an index past a
   fixed-size (shared or local) array fails the launch with the sanitizer's message.
 - Shared memory and the shuffle slots of returned lanes hold 0xFF (NaN) until written.
@@ -50,16 +52,20 @@ ALIGNMENT = 256  # CuPy's allocations are at least this aligned; copies keep an 
 FLAGS = ["-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-fno-strict-aliasing",
          "-fsanitize=alignment,bounds"]
 
-# C type (without const, __restrict__ and the pointer) -> NumPy dtype; a vector type maps to its lanes'
+# C type (without const, __restrict__ and the pointer) -> NumPy dtype
 C_TYPES = {
     "float": np.float32, "double": np.float64, "int": np.int32, "unsigned int": np.uint32,
     "unsigned": np.uint32, "long long": np.int64, "unsigned long long": np.uint64,
     "unsigned short": np.uint16, "short": np.int16, "unsigned char": np.uint8, "char": np.int8,
-    "float2": np.float32, "float4": np.float32, "double2": np.float64, "uint2": np.uint32,
-    "uint4": np.uint32, "int2": np.int32, "int4": np.int32,
 }
-_KERNEL = re.compile(r'extern\s+"C"\s+HC_KERNEL\s+void\s+'
-                     r"(?:HC_BOUNDS\(([^,)]+)[^)]*\)\s+)?(\w+)\s*\(([^)]*)\)")  # bounds, name, parameters
+# Arrays a pointer to this type may also point at: fp16 held as its bit patterns
+BITS_OF = {np.dtype(np.uint16): (np.dtype(np.float16),)}
+# A pointer to a 16-byte vector reads raw words (bf16 bits as uint4, say): any array will do, aligned.
+VECTOR_TYPES = ("float2", "float4", "double2", "uint2", "uint4", "int2", "int4")
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+'
+                     r"(?:__launch_bounds__\(([^,)]+)[^)]*\)\s+)?(\w+)\s*\(([^)]*)\)")  # bounds, name, params
+_ASM = re.compile(r"\basm\s*(?:volatile\s*)?\(")
+_TYPEDEF = re.compile(r"\btypedef\s+([\w\s]+?)\s+(\w+)\s*;")
 _TYPE = r"((?:__align__\(\d+\)\s+)?(?:(?:unsigned|signed|long|short|volatile)\s+)*[\w:]+)"
 _DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+" + _TYPE + r"\s+(\w+)\s*\[\s*\]\s*;")
 _STATIC_SHARED = re.compile(r"__shared__\s+" + _TYPE + r"\s+(\w+)((?:\s*\[[^\]]+\])*)\s*;")
@@ -81,7 +87,7 @@ class Kernel:
 class Param:
     name: str
     ctype: str  # as the kernel declares it, without __restrict__
-    dtype: Any
+    dtype: Any  # None: a vector pointer, any element type
     pointer: bool
 
 
@@ -89,34 +95,137 @@ def host_runnable(source: CudaSource) -> str | None:
     """Why `source` cannot run on the host, or None when it can."""
     if COMPILER is None:
         return "no host C++ compiler (g++)"
-    if re.search(r"\basm\b", source.code):
-        return "uses inline PTX"
     if "#include" in source.code:
         return "includes CUDA headers"
+    try:
+        translate_asm(preprocessed(source.code))
+    except HostLaunchError as exc:
+        return str(exc)
     return None
 
 
-def parse_param(text: str) -> Param:
+@functools.cache
+def preprocessed(code: str) -> str:
+    """The source after the C preprocessor (its own macros expanded, comments gone), CUDA words intact."""
+    return subprocess.run([COMPILER, "-E", "-P", "-x", "c++", "-"], input=code, text=True,
+                          capture_output=True, check=True).stdout
+
+
+def parse_param(text: str, typedefs: dict[str, str] | None = None) -> Param:
+    """One kernel parameter; `typedefs` maps names the source declared to the types they stand for."""
     text = " ".join(text.replace("__restrict__", " ").split())
     match = _PARAM.match(text)
     if match is None:
         raise ValueError(f"cannot read kernel parameter {text!r}")
     ctype = match["type"].strip()
-    base = " ".join(ctype.replace("*", " ").replace("const", " ").split())
+    base = " ".join(re.sub(r"\*|\bconst\b|\bvolatile\b", " ", ctype).split())
+    base = (typedefs or {}).get(base, base)
+    pointer = ctype.endswith("*")
+    if pointer and base in VECTOR_TYPES:
+        return Param(match["name"], ctype, None, pointer)
     if base not in C_TYPES:
         raise ValueError(f"kernel parameter {text!r}: no NumPy type for {base!r}")
-    return Param(match["name"], ctype, np.dtype(C_TYPES[base]), ctype.endswith("*"))
+    return Param(match["name"], ctype, np.dtype(C_TYPES[base]), pointer)
 
 
 def signatures(code: str) -> dict[str, Kernel]:
-    """Every extern "C" kernel's parameters and thread limit, read after the preprocessor so kernels
-    made by macros count."""
-    defines = ["-D__global__=HC_KERNEL", "-D__launch_bounds__(...)=HC_BOUNDS(__VA_ARGS__)", "-D__device__=",
-               "-D__forceinline__=", "-D__align__(n)=", "-D__shared__="]
-    out = subprocess.run([COMPILER, "-E", "-P", "-x", "c++", *defines, "-"], input=code, text=True,
-                         capture_output=True, check=True).stdout
-    return {name: Kernel([parse_param(p) for p in params.split(",") if p.strip()], bound or str(MAX_THREADS))
-            for bound, name, params in _KERNEL.findall(out)}
+    """Every extern "C" kernel's parameters and thread limit in preprocessed `code` (so kernels made by
+    macros count)."""
+    typedefs = {alias: " ".join(target.split()) for target, alias in _TYPEDEF.findall(code)}
+    return {name: Kernel([parse_param(p, typedefs) for p in params.split(",") if p.strip()],
+                         bound or str(MAX_THREADS))
+            for bound, name, params in _KERNEL.findall(code)}
+
+
+def _split(text: str, sep: str) -> list[str]:
+    """`text` split at `sep` outside strings and brackets."""
+    parts, depth, start, quoted = [], 0, 0, False
+    for i, ch in enumerate(text):
+        if ch == '"' and text[i - 1] != "\\":
+            quoted = not quoted
+        elif not quoted and ch in "([{":
+            depth += 1
+        elif not quoted and ch in ")]}":
+            depth -= 1
+        elif not quoted and depth == 0 and text.startswith(sep, i):
+            parts.append(text[start:i])
+            start = i + len(sep)
+    return [*parts, text[start:]]
+
+
+def _closing(text: str, start: int) -> int:
+    """Index of the parenthesis closing the one just before `start`."""
+    depth, quoted = 1, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if ch == '"' and text[i - 1] != "\\":
+            quoted = not quoted
+        elif not quoted and ch == "(":
+            depth += 1
+        elif not quoted and ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    raise HostLaunchError("unbalanced parentheses in an asm statement")
+
+
+def translate_asm(code: str) -> str:
+    """Each `asm(...)` statement of preprocessed `code` as a call of its host emulation (ptx:: in
+    host_cuda.h); an instruction without one raises HostLaunchError naming it."""
+    out, pos = [], 0
+    while match := _ASM.search(code, pos):
+        end = _closing(code, match.end())
+        sections = [*_split(code[match.end():end], ":"), "", "", ""][:4]
+        template = bytes("".join(re.findall(r'"((?:[^"\\]|\\.)*)"', sections[0])), "utf-8").decode(
+            "unicode_escape")
+        operands = [re.fullmatch(r'\s*"[^"]*"\s*\((.*)\)\s*', item, re.S).group(1)
+                    for section in sections[1:3] for item in _split(section, ",") if item.strip()]
+        out += [code[pos:match.start()], "{ ", ptx_call(template, operands), " }"]
+        pos = end + 1
+    return "".join(out) + code[pos:]
+
+
+def ptx_call(template: str, operands: list[str]) -> str:
+    """C++ for one PTX instruction: `template` with %n standing for operands[n]."""
+    instructions = [i.strip() for i in template.split(";") if i.strip()]
+    if len(instructions) != 1:
+        raise HostLaunchError(f"asm with {len(instructions)} instructions: {template!r}")
+    opcode, _, rest = instructions[0].partition(" ")
+
+    def value(token: str) -> str | list[str]:
+        token = token.strip()
+        if token.startswith("{"):
+            return [value(t) for t in token.strip("{}").split(",")]
+        if token.startswith("["):
+            return value(token.strip("[]"))
+        return re.sub(r"%(\d+)", lambda m: f"({operands[int(m.group(1))]})", token)
+
+    args = [value(t) for t in _split(rest, ",")] if rest.strip() else []
+    if opcode == "mov.u64" and args[1] == "%%globaltimer":
+        return f"{args[0]} = ptx::globaltimer();"
+    if opcode in ("cp.async.ca.shared.global", "cp.async.cg.shared.global"):
+        dst, src, size, *src_size = args
+        return f"ptx::cp_async({dst}, {src}, {size}, {src_size[0] if src_size else size});"
+    if opcode == "cp.async.commit_group":
+        return "ptx::cp_async_commit();"
+    if opcode == "cp.async.wait_group":
+        return f"ptx::cp_async_wait({args[0]});"
+    if opcode.startswith("ldmatrix.sync.aligned.m8n8.x") and opcode.endswith(".shared.b16"):
+        d, address = args
+        stores = " ".join(f"{reg} = hc_d[{i}];" for i, reg in enumerate(d))
+        return (f"unsigned hc_d[4]; ptx::ldmatrix(hc_d, {len(d)}, {str('.trans' in opcode).lower()}, "
+                f"{address}); {stores}")
+    mma = re.fullmatch(r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(bf16|f16)\.\1\.f32", opcode)
+    if mma:
+        d, a, b, c = args
+        stores = " ".join(f"{reg} = hc_d[{i}];" for i, reg in enumerate(d))
+        return (f"float hc_d[4]; ptx::mma_m16n8k16(hc_d, {str(mma.group(1) == 'bf16').lower()}, "
+                f"{{{{{', '.join(a)}}}, {{{', '.join(b)}}}, {{{', '.join(c)}}}}}); {stores}")
+    cvt = re.fullmatch(r"cvt\.rn\.(bf16|f16)x2\.f32", opcode)
+    if cvt:
+        d, hi, lo = args
+        return f"{d} = ptx::cvt_x2({str(cvt.group(1) == 'bf16').lower()}, {hi}, {lo});"
+    raise HostLaunchError(f"PTX {opcode} has no host emulation")
 
 
 def host_code(code: str, kernels: dict[str, Kernel]) -> str:
@@ -140,6 +249,7 @@ def host_code(code: str, kernels: dict[str, Kernel]) -> str:
 
 @functools.cache
 def _build(code: str) -> tuple[ctypes.CDLL, dict[str, Kernel]]:
+    code = translate_asm(preprocessed(code))
     kernels = signatures(code)
     folder = Path(tempfile.gettempdir()) / "mfugap-host-cuda"
     folder.mkdir(exist_ok=True)
@@ -198,8 +308,9 @@ def _cupy_dtype(value: Any) -> np.dtype:
 class HostFunction:
     """One kernel, called like a CuPy RawKernel."""
 
-    def __init__(self, lib: ctypes.CDLL, name: str, kernel: Kernel) -> None:
+    def __init__(self, lib: ctypes.CDLL, name: str, kernel: Kernel, deterministic: bool = True) -> None:
         self.lib = lib
+        self.deterministic = deterministic
         self.name = name
         self.params = kernel.params
         self.max_threads = int(getattr(lib, f"hc_threads_{name}")())
@@ -211,10 +322,12 @@ class HostFunction:
         if param.pointer:
             if not isinstance(value, np.ndarray):
                 raise HostLaunchError(f"{where} needs an array, got {type(value).__name__}")
-            if value.dtype != param.dtype:
+            if param.dtype is not None and value.dtype not in (param.dtype, *BITS_OF.get(param.dtype, ())):
                 raise HostLaunchError(f"{where} needs {param.dtype} elements, got a {value.dtype} array")
             if not value.flags.c_contiguous:
                 raise HostLaunchError(f"{where} gets a strided view: the kernel would read past it")
+            if "volatile" in param.ctype:  # mapped host memory that another thread writes while we run
+                return ctypes.c_void_p(value.ctypes.data)
             return ctypes.c_void_p(guarded.pointer(value, where))
         dtype = _cupy_dtype(value)
         if dtype != param.dtype:
@@ -237,13 +350,14 @@ class HostFunction:
         argv = (ctypes.c_void_p * max(1, len(values)))(*(ctypes.addressof(v) for v in values))
         inputs = guarded.snapshot()
         self._run(argv, grid3, block3, shared_mem, reverse=False)
-        forward = guarded.snapshot()
-        guarded.restore(inputs)
-        self._run(argv, grid3, block3, shared_mem, reverse=True)
-        raced = guarded.differs_from(forward)
+        if self.deterministic:
+            forward = guarded.snapshot()
+            guarded.restore(inputs)
+            self._run(argv, grid3, block3, shared_mem, reverse=True)
+        raced = self.deterministic and guarded.differs_from(forward)
         if raced:
-            raise HostLaunchError(f"{self.name}: {raced} differs when threads run in reverse order: a race "
-                                  "(a missing __syncthreads, or threads writing the same element)")
+            raise HostLaunchError(f"{self.name}: {raced} differs when the threads run in another order: "
+                                  "a race (a missing __syncthreads, or threads writing the same element)")
         guarded.copy_back(self.name)
         self.launches += 1
 
@@ -317,7 +431,9 @@ class HostKernels:
         missing = set(source.kernels) - set(kernels)
         if missing:
             raise HostLaunchError(f"declared kernels not found in the source: {sorted(missing)}")
-        self.functions = {name: HostFunction(lib, name, kernel) for name, kernel in kernels.items()}
+        timed = "globaltimer" in source.code
+        self.functions = {name: HostFunction(lib, name, kernel, deterministic=not timed)
+                          for name, kernel in kernels.items()}
 
     def function(self, name: str) -> HostFunction:
         return self.functions[name]

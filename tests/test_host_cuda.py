@@ -14,7 +14,7 @@ import pytest
 
 from mfugap import cuda_source, measure
 from mfugap.cuda_source import CudaSource
-from mfugap.kernels import elementwise, gemv, launch_bound, roofline, stream
+from mfugap.kernels import elementwise, flag_wait, gemv, launch_bound, mma_gemm, roofline, spin, stream
 from mfugap.kernels.gemm import ladder
 from tests import fake_cupy
 from tests.fake_events import FakeStream
@@ -78,7 +78,7 @@ extern "C" __global__ void same_element(float* out) {
     ("same_element", (np.zeros(1, dtype=np.float32),)),
 ])
 def test_races_fail_the_launch_whichever_thread_comes_first(kernel, args):
-    with pytest.raises(HostLaunchError, match="differs when threads run in reverse order: a race"):
+    with pytest.raises(HostLaunchError, match="differs when the threads run in another order: a race"):
         HostKernels(RACES).function(kernel)(1, 64, args)
 
 
@@ -302,20 +302,20 @@ def test_shared_declarations_the_shim_cannot_track_are_refused():
 @pytest.mark.parametrize(("text", "expected"), [
     ("const float* __restrict__ b", ("b", "const float*", np.float32, True)),
     ("long long n", ("n", "long long", np.int64, False)),
-    ("const uint4 *x", ("x", "const uint4 *", np.uint32, True)),
+    ("const uint4 *x", ("x", "const uint4 *", None, True)),
     ("unsigned int flags", ("flags", "unsigned int", np.uint32, False)),
 ])
 def test_parameters_are_read_with_their_numpy_types(text, expected):
     p = parse_param(text)
     name, ctype, dtype, pointer = expected
-    assert (p.name, p.ctype, p.dtype, p.pointer) == (name, ctype, np.dtype(dtype), pointer)
+    assert (p.name, p.ctype, p.dtype, p.pointer) == (name, ctype, dtype and np.dtype(dtype), pointer)
 
 
-def test_kernels_with_inline_ptx_are_refused_with_the_reason():
-    spin = source('extern "C" __global__ void k() { asm volatile("nanosleep.u32 100;"); }', "k")
-    assert host_runnable(spin) == "uses inline PTX"
-    with pytest.raises(HostLaunchError, match="inline PTX"):
-        HostKernels(spin)
+def test_ptx_without_a_host_emulation_is_refused_with_the_reason():
+    sleeper = source('extern "C" __global__ void k() { asm volatile("nanosleep.u32 100;"); }', "k")
+    assert host_runnable(sleeper) == "PTX nanosleep.u32 has no host emulation"
+    with pytest.raises(HostLaunchError, match=r"nanosleep\.u32 has no host emulation"):
+        HostKernels(sleeper)
 
 
 # --- every host-runnable kernel, through its workload ---------------------------------------------
@@ -324,12 +324,14 @@ GROUPS = (1157, 260, 12)  # ten tile-rows for the vectorized rung's block order:
 
 
 def host_cases() -> list:
-    """The selftest cases of every family whose kernels need no inline PTX (cuBLAS, the runtime's
-    memcpy and CUDA graphs are not kernels of ours and stay out)."""
+    """The selftest cases of every family whose kernels the host runs (cuBLAS, the runtime's memcpy and
+    CUDA graphs are not kernels of ours and stay out; the flag wait is run below, on its own)."""
     return [*(c for c in stream.selftest_cases() if not isinstance(c, stream.DeviceCopy)),
             *gemv.selftest_cases(),
             *elementwise.selftest_cases(),
-            *(c for c in roofline.selftest_cases() if isinstance(c, roofline.Fp32Roofline)),
+            *roofline.selftest_cases(),
+            *mma_gemm.selftest_cases(),
+            *spin.selftest_cases(),
             *(c for c in launch_bound.selftest_cases() if not isinstance(c, launch_bound.AxpyChainGraph)),
             *(c for c in ladder.selftest_cases() if isinstance(c, ladder.CudaGemm)),
             *(r.workload(*GROUPS) for r in ladder.rungs() if not r.in_numba)]
@@ -354,17 +356,20 @@ def on_host(monkeypatch):
 def test_kernel_passes_its_own_check_on_the_host(on_host, case):
     verdict = measure.verify(case, FakeStream())
     assert verdict.ok, verdict.detail
-    assert verdict.rel_err is not None and verdict.rel_err <= verdict.tolerance
+    if verdict.rel_err is not None:  # numeric checks; the spin's is about time spun
+        assert verdict.rel_err <= verdict.tolerance
 
 
 def test_every_host_runnable_kernel_is_among_the_cases(on_host):
-    launched = set()
-    for case in host_cases():
+    launched, first = set(), {}
+    for case in host_cases():  # the first case of each kind is enough to launch its kernels
+        first.setdefault((type(case), case.name, case.precision), case)
+    for case in first.values():
         measure.verify(case, FakeStream())
     for kernels in on_host.values():
         launched |= {name for name, f in kernels.functions.items() if f.launches}
     runnable = {name for s in cuda_source.registered() if host_runnable(s) is None for name in s.kernels}
-    assert runnable - launched == set()
+    assert runnable - launched == {"flag_wait"}  # its workload maps pinned memory: tested on its own below
 
 
 # --- the checks catch broken kernels --------------------------------------------------------------
@@ -380,13 +385,47 @@ def test_every_host_runnable_kernel_is_among_the_cases(on_host):
      "for (int s = 0; s < steps; ++s) v = fmaf(a, v, b);", "relative error"),
 ])
 def test_a_kernel_with_a_line_removed_fails_its_check(on_host, monkeypatch, module, case, remove, finding):
-    assert remove in module.SOURCE.code
-    broken = source(module.SOURCE.code.replace(remove, ""), *module.SOURCE.kernels)
-    broken.function = HostKernels(broken).function
-    monkeypatch.setattr(module, "SOURCE", broken)
-    verdict = measure.verify(case(), FakeStream())
+    verdict = _verify_changed(monkeypatch, module, remove, "", case())
     assert not verdict.ok
     assert finding in verdict.detail
+
+
+def _verify_changed(monkeypatch, module, old: str, new: str, case):
+    """`case` verified with `old` replaced by `new` in its module's kernel source."""
+    assert old in module.SOURCE.code
+    broken = source(module.SOURCE.code.replace(old, new), *module.SOURCE.kernels)
+    broken.function = HostKernels(broken).function
+    monkeypatch.setattr(module, "SOURCE", broken)
+    return measure.verify(case, FakeStream())
+
+
+MMA_CASE = (130, 72, 200)  # two tile-rows, a ragged tile-column, seven K tiles: the pipeline wraps
+
+
+@pytest.mark.parametrize(("old", "new", "finding"), [
+    # waiting for one cp.async group too few: the stage computed has not landed (still NaN)
+    ("cp_async_wait<MG_STAGES - 2>()", "cp_async_wait<MG_STAGES - 1>()", "NaN or Inf"),
+    # no barrier between the wait and the refill: a warp overwrites the stage another still reads
+    ("        __syncthreads();\n        const int next", "        const int next", "a race"),
+    # B read without .trans: fragments of B^T
+    ("ldmatrix_x4_trans(d, smem_addr", "ldmatrix_x4(d, smem_addr", "relative error"),
+    # the two halves of each packed pair of C swapped
+    ("P::pack(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1])",
+     "P::pack(acc[mi][ni][2 * h + 1], acc[mi][ni][2 * h])", "relative error"),
+])
+def test_the_mma_gemm_with_a_bug_fails_on_the_host(on_host, monkeypatch, old, new, finding):
+    try:
+        verdict = _verify_changed(monkeypatch, mma_gemm, old, new, mma_gemm.MmaGemm(*MMA_CASE, "bf16"))
+        detail = verdict.detail
+        assert not verdict.ok
+    except HostLaunchError as exc:
+        detail = str(exc)
+    assert finding in detail
+
+
+def test_the_mma_gemm_unchanged_passes_the_case_the_bugs_fail(on_host):
+    verdict = measure.verify(mma_gemm.MmaGemm(*MMA_CASE, "bf16"), FakeStream())
+    assert verdict.ok, verdict.detail
 
 
 @pytest.mark.parametrize(("change", "shape"), [
@@ -407,3 +446,38 @@ def test_the_vectorized_rung_with_a_bug_fails_its_check(on_host, change, shape):
     verdict = measure.verify(dataclasses.replace(rung, source=broken).workload(*shape), FakeStream())
     assert not verdict.ok
     assert "NaN or Inf" in verdict.detail
+
+
+# --- the flag wait: host memory another thread writes while the kernel polls ----------------------
+
+def _wait(flag: np.ndarray, epoch: int, timeout_ns: int, polls: int) -> np.ndarray:
+    record = np.zeros(flag_wait.RECORD_WORDS, dtype=np.uint64)
+    HostKernels(flag_wait.SOURCE).function("flag_wait")(
+        1, 1, (flag, np.uint64(epoch), np.uint64(timeout_ns), np.uint64(polls), record))
+    return record
+
+
+def test_flag_wait_ends_when_another_thread_releases_the_flag():
+    import threading
+
+    HostKernels(flag_wait.SOURCE)  # built before the straggler's clock starts
+    flag = np.zeros(1, dtype=np.uint64)
+    delay_ns = 20_000_000
+    release = threading.Timer(delay_ns / 1e9, lambda: flag.__setitem__(0, 3))
+    release.start()
+    limit = flag_wait.timeout_ns(delay_ns)
+    record = _wait(flag, 3, limit, flag_wait.max_polls(limit))
+    release.join()
+    verdict = flag_wait.check_record(record, 3, delay_ns)  # released, after polling, before the timeout
+    assert verdict.ok, verdict.detail
+
+
+@pytest.mark.parametrize(("timeout_ns", "polls", "cut_by"),
+                         [(2_000_000, 10**12, "timer"), (10**15, 1000, "polls")])
+def test_flag_wait_ends_on_its_own_when_nobody_releases(timeout_ns, polls, cut_by):
+    record = _wait(np.zeros(1, dtype=np.uint64), 1, timeout_ns, polls)
+    assert record[0] == flag_wait.TIMED_OUT
+    if cut_by == "timer":
+        assert timeout_ns <= record[1] < 100 * timeout_ns
+    else:
+        assert record[2] == polls
