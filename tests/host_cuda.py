@@ -43,6 +43,7 @@ import numpy as np
 from mfugap.cuda_source import CudaSource
 
 HEADER = Path(__file__).with_name("host_cuda.h")
+INCLUDE = Path(__file__).with_name("host_include")  # host versions of the CUDA headers kernels include
 COMPILER = shutil.which("g++")
 MAX_THREADS = 1024
 MAX_DYNAMIC_SHARED = 48 * 1024  # more needs cudaFuncSetAttribute, which no kernel here asks for
@@ -61,7 +62,7 @@ C_TYPES = {
 # Arrays a pointer to this type may also point at: fp16 held as its bit patterns
 BITS_OF = {np.dtype(np.uint16): (np.dtype(np.float16),)}
 # A pointer to a 16-byte vector reads raw words (bf16 bits as uint4, say): any array will do, aligned.
-VECTOR_TYPES = ("float2", "float4", "double2", "uint2", "uint4", "int2", "int4")
+VECTOR_TYPES = ("float2", "float4", "double2", "uint2", "uint4", "int2", "int4", "__half2")
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+'
                      r"(?:__launch_bounds__\(([^,)]+)[^)]*\)\s+)?(\w+)\s*\(([^)]*)\)")  # bounds, name, params
 _ASM = re.compile(r"\basm\s*(?:volatile\s*)?\(")
@@ -95,8 +96,9 @@ def host_runnable(source: CudaSource) -> str | None:
     """Why `source` cannot run on the host, or None when it can."""
     if COMPILER is None:
         return "no host C++ compiler (g++)"
-    if "#include" in source.code:
-        return "includes CUDA headers"
+    for header in re.findall(r"#include\s*[<\"]([^>\"]+)", source.code):
+        if not (INCLUDE / header).is_file():
+            return f"includes {header}, which tests/host_include does not provide"
     try:
         translate_asm(preprocessed(source.code))
     except HostLaunchError as exc:
@@ -107,7 +109,7 @@ def host_runnable(source: CudaSource) -> str | None:
 @functools.cache
 def preprocessed(code: str) -> str:
     """The source after the C preprocessor (its own macros expanded, comments gone), CUDA words intact."""
-    return subprocess.run([COMPILER, "-E", "-P", "-x", "c++", "-"], input=code, text=True,
+    return subprocess.run([COMPILER, "-E", "-P", "-x", "c++", f"-I{INCLUDE}", "-"], input=code, text=True,
                           capture_output=True, check=True).stdout
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from mfugap import cuda_source, measure
 from mfugap.cuda_source import CudaSource
-from mfugap.kernels import elementwise, flag_wait, gemv, launch_bound, mma_gemm, roofline, spin, stream
+from mfugap.kernels import elementwise, flag_wait, gemv, launch_bound, mma_gemm, peak, roofline, spin, stream
 from mfugap.kernels.gemm import ladder
 from tests import fake_cupy
 from tests.fake_events import FakeStream
@@ -331,6 +331,7 @@ def host_cases() -> list:
             *elementwise.selftest_cases(),
             *roofline.selftest_cases(),
             *mma_gemm.selftest_cases(),
+            *peak.selftest_cases(),
             *spin.selftest_cases(),
             *(c for c in launch_bound.selftest_cases() if not isinstance(c, launch_bound.AxpyChainGraph)),
             *(c for c in ladder.selftest_cases() if isinstance(c, ladder.CudaGemm)),
@@ -481,3 +482,8 @@ def test_flag_wait_ends_on_its_own_when_nobody_releases(timeout_ns, polls, cut_b
         assert timeout_ns <= record[1] < 100 * timeout_ns
     else:
         assert record[2] == polls
+
+
+def test_every_cuda_source_runs_on_the_host():
+    assert {" + ".join(s.kernels): host_runnable(s) for s in cuda_source.registered()
+            if host_runnable(s) is not None} == {}
