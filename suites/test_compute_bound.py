@@ -4,8 +4,8 @@ Four loops with no memory traffic (fp32, fp64 and fp16x2 FMA chains, a bf16 mma.
 code can get to each datasheet peak; MFU against the clock-adjusted peak beside it says how much of any
 shortfall is the clock. cuBLAS GEMMs in fp32, tf32, bf16 and fp16 are the reference a real kernel is held
 to; the fp32 and tf32 rows also report MFU against the bf16 tensor peak, the rate the model could have had.
-Our mma.sync GEMM (kernels/mma_gemm.py) runs the same shapes in bf16 and fp16; the summary gives its
-TFLOP/s as a percentage of cuBLAS.
+Our mma.sync GEMM (kernels/mma_gemm.py) runs the same shapes in bf16 and fp16, with two warp tilings;
+the summary gives its TFLOP/s as a percentage of cuBLAS.
 """
 from __future__ import annotations
 
@@ -54,11 +54,13 @@ def test_cublas_gemm(measure, quick, precision):
     measure(gemm)
 
 
+@pytest.mark.parametrize("warp_tile", quick_subset(mma_gemm.WARP_TILES, keep=["64x32"]))
 @pytest.mark.parametrize("precision", quick_subset(mma_gemm.PRECISIONS, keep=["bf16"]))
-def test_mma_sync_gemm(measure, quick, precision):
-    """The same C = A @ B through our mma.sync tensor-core kernel (2*s^3 FLOPs), read against cuBLAS."""
+def test_mma_sync_gemm(measure, quick, precision, warp_tile):
+    """The same C = A @ B through our mma.sync tensor-core kernel (2*s^3 FLOPs), read against cuBLAS,
+    with each warp tile the kernel module offers (8 warps of 64 x 32, 4 of 64 x 64)."""
     s = gemm_size(quick)
-    measure(mma_gemm.MmaGemm(s, s, s, precision))
+    measure(mma_gemm.MmaGemm(s, s, s, precision, warp_tile=warp_tile))
 
 
 def summarize(rows: list[dict]) -> dict:

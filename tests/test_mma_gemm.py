@@ -385,18 +385,32 @@ def test_tile_validation(tile, match):
 # --- the NVRTC build ---------------------------------------------------------------------------------
 
 @cache
-def _compiled(arch: str):
-    return mg.SOURCE.compile_offline(arch)
+def _compiled(arch: str, warp_tile: str = "64x32"):
+    return mg.WARP_TILES[warp_tile][1].compile_offline(arch)
 
 
+@pytest.mark.parametrize("warp_tile", sorted(mg.WARP_TILES))
 @pytest.mark.parametrize("arch", OFFLINE_ARCHS)
-def test_builds_without_spills_within_the_launch_bounds(arch):
-    report = _compiled(arch)
-    for name in mg.SOURCE.kernels:
+def test_builds_without_spills_within_the_launch_bounds(arch, warp_tile):
+    tile, source = mg.WARP_TILES[warp_tile]
+    report = _compiled(arch, warp_tile)
+    for name in source.kernels:
         k = report.kernels[name]
         assert (k.spill_stores, k.spill_loads, k.stack_bytes) == (0, 0, 0), f"{name} uses local memory"
         # __launch_bounds__(threads, min_blocks): min_blocks blocks must fit the 64K-register file
-        assert 0 < k.registers <= min(255, 65536 // (TILE.threads * TILE.min_blocks))
+        assert 0 < k.registers <= min(255, 65536 // (tile.threads * tile.min_blocks))
+
+
+def test_the_wide_warp_tile_is_the_same_block_tile_in_four_warps():
+    wide, _ = mg.WARP_TILES["64x64"]
+    assert (wide.bm, wide.bn, wide.bk, wide.stages, wide.smem_bytes) == (TILE.bm, TILE.bn, TILE.bk,
+                                                                         TILE.stages, TILE.smem_bytes)
+    assert (wide.threads, wide.warp_rows, wide.warp_cols, wide.mma_m, wide.mma_n) == (128, 64, 64, 4, 8)
+    g = mg.MmaGemm(256, 256, 64, "bf16", warp_tile="64x64")
+    assert g.label == "mma.sync warps 64x64 bf16 256x256x64" and g.source is not mg.SOURCE
+    assert mg.MmaGemm(256, 256, 64).label == "mma.sync bf16 256x256x64"
+    with pytest.raises(ValueError, match="warp tile"):
+        mg.MmaGemm(256, 256, 64, warp_tile="32x32")
 
 
 @pytest.mark.parametrize("arch", OFFLINE_ARCHS)
