@@ -54,7 +54,7 @@ static dim3 blockDim, gridDim;
 // shared address is within 2 GiB of hc_shared_anchor and fits the 32 bits of a .shared address
 constexpr size_t HC_MAX_DYNAMIC_SHARED = 48 * 1024;
 static unsigned char hc_dynamic_shared[HC_MAX_DYNAMIC_SHARED] __attribute__((aligned(128)));
-static char hc_shared_anchor;
+alignas(128) static char hc_shared_anchor;  // aligned, so offsets from it keep addresses' alignment
 
 using std::isinf;
 using std::isnan;
@@ -90,6 +90,7 @@ constexpr size_t STACK_BYTES = 256 * 1024;
 constexpr size_t SLOT_BYTES = 64;  // the most one lane hands its warp: an mma's A, B and C fragments
 
 struct Block {
+    char fault[256] = "";  // the first broken rule an emulated instruction saw; fails the launch
     std::vector<Thread> threads;
     std::vector<unsigned char> slots;  // one shuffle slot per thread
     ucontext_t scheduler;
@@ -121,6 +122,11 @@ inline void fresh_shared(void* array, size_t bytes) {
     }
     std::memset(array, 0xFF, bytes);
     seen.emplace_back(array, block_epoch());
+}
+
+inline void fail(const char* what, unsigned long long address) {
+    Block& b = block();
+    if (!b.fault[0]) std::snprintf(b.fault, sizeof b.fault, "%s (address 0x%llx)", what, address);
 }
 
 inline int linear_thread() {
@@ -294,8 +300,12 @@ inline char* shared(unsigned address) { return &hc_shared_anchor + static_cast<i
 
 // cp.async: the copy happens when a wait_group covering its group returns (or when the thread ends),
 // so a kernel that reads the destination before waiting reads what was there before.
+// The destination reads as NaN from the issue until the wait: the ISA leaves it undefined in between.
 inline void cp_async(unsigned dst, unsigned long long src, int bytes, int src_bytes) {
+    if (dst % bytes) hc::fail("cp.async destination not aligned to its size", dst);
+    if (src % bytes) hc::fail("cp.async source not aligned to its size", src);
     hc::Block& b = hc::block();
+    std::memset(shared(dst), 0xFF, bytes);
     b.threads[b.current].open.push_back({shared(dst), reinterpret_cast<const void*>(src), bytes, src_bytes});
 }
 inline void cp_async_commit() {
@@ -321,6 +331,7 @@ inline unsigned char* slot(int lane_in_warp) {
 // matrix i; lane l receives, of each matrix, row l/4, elements 2(l%4) and 2(l%4)+1 (of the transpose
 // with .trans), the lower-indexed element in the lower half.
 inline void ldmatrix(unsigned* d, int count, bool trans, unsigned address) {
+    if (address % 16) hc::fail("ldmatrix row address not 16-byte aligned", address);
     std::memcpy(slot(lane()), &address, 4);
     hc::wait_at(hc::AT_WARP_BARRIER);
     const int l = lane();
@@ -431,6 +442,7 @@ extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsig
     for (hc::Thread& t : b.threads) t.stack.resize(hc::STACK_BYTES);
     b.slots.assign(n * hc::SLOT_BYTES, 0xFF);
     b.reverse = reverse != 0;
+    b.fault[0] = 0;
     b.kernel = kernel;
     b.args = args;
     for (unsigned z = 0; z < gz; ++z) {
@@ -439,6 +451,10 @@ extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsig
                 blockIdx = {x, y, z};
                 std::memset(hc_dynamic_shared, 0xFF, dynamic_shared_bytes);  // NaN, as above
                 if (hc::run_block(error, error_len)) return 1;
+                if (b.fault[0]) {
+                    std::snprintf(error, error_len, "block (%u,%u,%u): %s", x, y, z, b.fault);
+                    return 1;
+                }
             }
         }
     }

@@ -487,3 +487,17 @@ def test_flag_wait_ends_on_its_own_when_nobody_releases(timeout_ns, polls, cut_b
 def test_every_cuda_source_runs_on_the_host():
     assert {" + ".join(s.kernels): host_runnable(s) for s in cuda_source.registered()
             if host_runnable(s) is not None} == {}
+
+
+@pytest.mark.parametrize(("old", "new", "finding"), [
+    # a B tile row read from one chunk off: ldmatrix rows must start 16-byte aligned
+    ("ldmatrix_x4_trans(d, smem_addr(b_stage + smem_chunk(row, chunk, MG_B_ROW_CHUNKS)));",
+     "ldmatrix_x4_trans(d, smem_addr(b_stage + smem_chunk(row, chunk, MG_B_ROW_CHUNKS)) + 4);",
+     "ldmatrix row address not 16-byte aligned"),
+    # a copy that starts half a chunk into the matrix: cp.async sources must be aligned to the copy size
+    ("const elem_t* src = inside ? g + (long long)gr * ld + gc : g;",
+     "const elem_t* src = inside ? g + (long long)gr * ld + gc + 4 : g;", "cp.async source not aligned"),
+])
+def test_the_mma_gemm_misaligned_fails_on_the_host(on_host, monkeypatch, old, new, finding):
+    with pytest.raises(HostLaunchError, match=finding):
+        _verify_changed(monkeypatch, mma_gemm, old, new, mma_gemm.MmaGemm(*MMA_CASE, "bf16"))
