@@ -1,7 +1,9 @@
 """Run our CUDA C kernels on the CPU: the real source, compiled by g++ against tests/host_cuda.h.
 
-For kernels with no inline PTX and no CUDA headers. A HostKernels stands in for a CudaSource's
-`function(name)` and launches like a CuPy RawKernel, `f(grid, block, args, stream=..., shared_mem=...)`,
+Sources are preprocessed (CUDA headers from tests/host_include) and each inline-asm statement becomes a
+call of its emulation in host_cuda.h (`translate_asm`; PTX without one makes the source not runnable,
+with the reason). A HostKernels stands in for a CudaSource's `function(name)` and launches like a CuPy
+RawKernel, `f(grid, block, args, stream=..., shared_mem=...)`,
 converting arguments by CuPy's rules (a Python int is passed as long long, a float as double) and
 refusing any argument whose type differs from the kernel's parameter. On a GPU a float given for a
 `float` parameter is garbage; an int given for an `int` happens to work while it is small (the driver
@@ -19,7 +21,9 @@ What the host would otherwise hide:
   their outputs depend on time.
 - The build adds UBSan's alignment and bounds checks: a misaligned vector access or an index past a
   fixed-size (shared or local) array fails the launch with the sanitizer's message.
-- Shared memory and the shuffle slots of returned lanes hold 0xFF (NaN) until written.
+- Shared memory and the shuffle slots of returned lanes hold 0xFF (NaN) until written, and so does a
+  cp.async destination from the copy's issue to its wait; misaligned ldmatrix and cp.async addresses
+  fail the launch.
 """
 from __future__ import annotations
 
