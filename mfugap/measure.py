@@ -93,6 +93,18 @@ class GpuContext:
         part.name = self.name
         return part
 
+    def broken(self) -> str | None:
+        """Why this process's CUDA context can run nothing more, or None. A kernel that faults (an illegal
+        address, say) leaves a sticky error: every later CUDA call fails with it, so every later case
+        would only repeat it."""
+        import cupy
+
+        try:
+            cupy.cuda.runtime.deviceSynchronize()
+        except cupy.cuda.runtime.CUDARuntimeError as exc:
+            return str(exc)
+        return None
+
     def free_bytes(self) -> int:
         """Free device memory, counting blocks CuPy's pool keeps cached from earlier cases as free."""
         import cupy

@@ -170,6 +170,8 @@ def measure(request: pytest.FixtureRequest, gpu: harness.GpuContext, benchmark: 
         if lesson:
             state.lessons[suite] = " ".join(lesson.split())
         _progress(request.config, row)
+        if row["status"] == "error":
+            _stop_if_broken(context or gpu, row)
         if row["status"] in ("failed", "error"):
             pytest.fail(f"{row['label']}: {row['reason']}", pytrace=False)
         if row["status"] == "skipped":
@@ -177,6 +179,16 @@ def measure(request: pytest.FixtureRequest, gpu: harness.GpuContext, benchmark: 
         return row
 
     return run
+
+
+def _stop_if_broken(context: harness.GpuContext, row: dict) -> None:
+    """End the run when a case left the CUDA context unusable: the rows so far are saved, and the
+    message says which case to leave out."""
+    reason = context.broken()
+    if reason:
+        pytest.exit(f"mfugap: {row['label']} left the CUDA context broken ({reason}); nothing after it can "
+                    "run in this process. The rows measured so far are saved; rerun without that case "
+                    "(-k, --suite).", returncode=1)
 
 
 def _progress(config: pytest.Config, row: dict) -> None:

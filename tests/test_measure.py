@@ -88,9 +88,13 @@ class FakeContext:
         self.stream = FakeStream()
         self.free = free
         self.capture_error = None
+        self.sticky_error = None  # what GpuContext.broken() reports after a faulting kernel
 
     def free_bytes(self):
         return self.free
+
+    def broken(self):
+        return self.sticky_error
 
     def events(self):
         return self.clock
@@ -283,3 +287,25 @@ def test_a_two_second_kernel_is_timed_four_times_not_ten():
     assert row["reps"] == 4 and row["kernel_ms_median"] == pytest.approx(2000.0)
     # two events a launch: at most the running launch and one queued behind it
     assert clock.max_outstanding <= 4, "the host queued more than one long launch ahead of the device"
+
+
+def test_a_sticky_cuda_error_marks_the_context_broken(monkeypatch):
+    import sys
+
+    from mfugap.measure import GpuContext
+
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    errors = []
+
+    def synchronize():
+        if errors:
+            raise CUDARuntimeError(errors[0])
+
+    runtime = SimpleNamespace(CUDARuntimeError=CUDARuntimeError, deviceSynchronize=synchronize)
+    monkeypatch.setitem(sys.modules, "cupy", SimpleNamespace(cuda=SimpleNamespace(runtime=runtime)))
+    ctx = GpuContext(device=None, spec=H100, nvml=None, stream=None)
+    assert ctx.broken() is None
+    errors.append("cudaErrorIllegalAddress: an illegal memory access was encountered")
+    assert ctx.broken() == errors[0]

@@ -148,3 +148,42 @@ def test_the_windows_alone_fit_the_run_budget(tmp_path, flags, config, budget_s)
     cases = sum(1 for line in proc.stdout.splitlines() if "::test_" in line)
     assert cases > 0
     assert cases * (config.window_s + config.warmup_s) <= 0.75 * budget_s, f"{cases} cases"
+
+
+BROKEN_CONTEXT_SUITE = """
+from conftest import CONTEXT
+from mfugap.measure import WindowConfig
+from mfugap import plugin
+from tests.test_measure import Axpy
+
+plugin.RunState.window = lambda self: WindowConfig(window_s=0.01, warmup_s=0.0, min_reps=2)
+
+class Faulting(Axpy):
+    def launch(self, stream):
+        CONTEXT.sticky_error = "cudaErrorIllegalAddress: an illegal memory access was encountered"
+        raise RuntimeError(CONTEXT.sticky_error)
+
+def test_1_measured(measure):
+    measure(Axpy(64, CONTEXT.clock))
+
+def test_2_faults(measure):
+    measure(Faulting(64, CONTEXT.clock))
+
+def test_3_never_runs(measure):
+    measure(Axpy(32, CONTEXT.clock))
+"""
+
+
+def test_a_case_that_breaks_the_cuda_context_ends_the_run_and_keeps_the_rows(tmp_path):
+    (tmp_path / "conftest.py").write_text(CONFTEST_WITH_FAKE_GPU)
+    (tmp_path / "test_run.py").write_text(BROKEN_CONTEXT_SUITE)
+    repo = SUITES_DIR.parent
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--benchmark",
+                           "--results-dir", str(tmp_path / "results"), "test_run.py"],
+                          cwd=tmp_path, env={**NO_GPU, "PYTHONPATH": str(repo)}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "axpy n=64 left the CUDA context broken (cudaErrorIllegalAddress" in proc.stdout
+    (saved,) = (tmp_path / "results").rglob("*.json")
+    rows = json.loads(saved.read_text())["rows"]
+    assert [(r["label"], r["status"]) for r in rows] == [("axpy n=64", "ok"), ("axpy n=64", "error")]
