@@ -94,16 +94,7 @@ class GpuContext:
         return part
 
     def broken(self) -> str | None:
-        """Why this process's CUDA context can run nothing more, or None. A kernel that faults (an illegal
-        address, say) leaves a sticky error: every later CUDA call fails with it, so every later case
-        would only repeat it."""
-        import cupy
-
-        try:
-            cupy.cuda.runtime.deviceSynchronize()
-        except cupy.cuda.runtime.CUDARuntimeError as exc:
-            return str(exc)
-        return None
+        return context_broken()
 
     def free_bytes(self) -> int:
         """Free device memory, counting blocks CuPy's pool keeps cached from earlier cases as free."""
@@ -142,6 +133,19 @@ class GpuContext:
         d = self.device
         return Sampler(self.nvml, d.handle, is_mig=d.is_mig, parent_handle=d.parent_handle,
                        gpu_instance_id=d.gpu_instance_id)
+
+
+def context_broken() -> str | None:
+    """Why this process's CUDA context can run nothing more, or None. A kernel that faults (an illegal
+    address, say) leaves a sticky error: every later CUDA call fails with it, so every later case would
+    only repeat it."""
+    import cupy
+
+    try:
+        cupy.cuda.runtime.deviceSynchronize()
+    except cupy.cuda.runtime.CUDARuntimeError as exc:
+        return str(exc)
+    return None
 
 
 def measure(workload: Workload, ctx: GpuContext, config: WindowConfig, suite: str) -> dict:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import mfugap.kernels
 from mfugap.cuda_source import OFFLINE_ARCHS, registered
-from mfugap.measure import verify
+from mfugap.measure import context_broken, verify
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,18 @@ def import_lines() -> Iterator[Line]:
             yield Line("skipped", name, f'cannot import ({module}): pip install -e ".[cuda12]" or ".[test]"')
 
 
-def gpu_lines(modules: list[ModuleType], stream: Any) -> Iterator[Line]:
+def gpu_lines(modules: list[ModuleType], stream: Any,
+              broken: Callable[[], str | None] = context_broken) -> Iterator[Line]:
+    """Every kernel family's cases on the GPU, until one leaves the CUDA context unusable."""
     for module in modules:
         for workload in getattr(module, "selftest_cases", list)():
-            yield run_case(workload, stream)
+            line = run_case(workload, stream)
+            yield line
+            reason = broken() if line.status == "failed" else None
+            if reason:
+                yield Line("failed", "(the rest)", f"not run: {workload.row_label} left the CUDA context "
+                                                   f"broken ({reason})")
+                return
 
 
 def run_case(workload: Any, stream: Any) -> Line:

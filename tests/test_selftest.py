@@ -85,3 +85,19 @@ def test_a_kernel_module_that_cannot_import_is_a_skipped_line(monkeypatch):
     (line,) = selftest.import_lines()
     assert line.status == "skipped" and line.name.endswith("gemm.ladder") and "numba" in line.detail
     assert all(not m.__name__.endswith("ladder") for m in selftest.kernel_modules())
+
+
+def test_gpu_lines_stop_once_a_kernel_breaks_the_cuda_context():
+    from types import ModuleType
+
+    family = ModuleType("family")
+    family.selftest_cases = lambda: [Axpy(11, _clock()), Axpy(12, _clock(), bug=True), Axpy(13, _clock())]
+    sticky = []
+
+    def broken():
+        sticky.append("cudaErrorIllegalAddress")  # the failing case faulted
+        return sticky[0]
+
+    lines = list(selftest.gpu_lines([family], STREAM, broken=broken))
+    assert [line.status for line in lines] == ["ok", "failed", "failed"]
+    assert lines[2].name == "(the rest)" and "axpy n=12 left the CUDA context broken" in lines[2].detail
