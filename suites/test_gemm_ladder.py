@@ -1,9 +1,9 @@
 """The fp32 GEMM ladder against cuBLAS: the same math, the same GPU-Util, a climbing MFU.
 
 Each rung of kernels/gemm/ (naive, shared-memory tiled and register-blocked in Numba-CUDA, vectorized
-in CUDA C) computes C = A @ B in fp32 at a square size, then cuBLAS fp32 does the same: the ceiling the
-ladder climbs towards. Every row reports MFU against the fp32 CUDA-core peak and, beside it, against the
-bf16 tensor peak the same GEMM could have used.
+and warp-tiled in CUDA C) computes C = A @ B in fp32 at a square size, then cuBLAS fp32 does the same:
+the ceiling the ladder climbs towards. Every row reports MFU against the fp32 CUDA-core peak and, beside
+it, against the bf16 tensor peak the same GEMM could have used.
 """
 from __future__ import annotations
 

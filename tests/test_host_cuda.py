@@ -429,24 +429,34 @@ def test_the_mma_gemm_unchanged_passes_the_case_the_bugs_fail(on_host):
     assert verdict.ok, verdict.detail
 
 
-@pytest.mark.parametrize(("change", "shape"), [
+@pytest.mark.parametrize(("number", "change", "shape", "finding"), [
     # tiles of the short last group never computed
-    (("const int rows_in_group = min(tiles_m - first, GROUP_M);", "const int rows_in_group = GROUP_M;"),
-     GROUPS),
+    (4, ("const int rows_in_group = min(tiles_m - first, group_m);", "const int rows_in_group = group_m;"),
+     GROUPS, "NaN or Inf"),
     # the second stage of B never written: its shared memory still holds the NaN each block starts with
-    (("            *reinterpret_cast<float4*>(&Bs[cur ^ 1][b_k][b_col]) = b_next;\n", ""), GROUPS),
-    (("a_in && k0 + a_k < K ?", "a_in ?"), GROUPS),  # the last row of A read past its end
-    (("float4 a_next = a_in && a_k < K ?", "float4 a_next = a_in ?"), (130, 136, 4)),  # K under one step
+    (4, ("            *reinterpret_cast<float4*>(&Bs[cur ^ 1][b_k][b_col]) = b_next;\n", ""), GROUPS,
+     "NaN or Inf"),
+    (4, ("a_in && k0 + a_k < K ?", "a_in ?"), GROUPS, "NaN or Inf"),  # the last row of A read past its end
+    (4, ("float4 a_next = a_in && a_k < K ?", "float4 a_next = a_in ?"), (130, 136, 4), "NaN or Inf"),
+    # no barrier after refilling the other stage: a warp reads it while another still writes it
+    (5, ("            store(cur ^ 1);\n            __syncthreads();", "            store(cur ^ 1);"),
+     (257, 132, 76), "a race"),
+    (5, ("a_in && k < K ?", "a_in ?"), (130, 136, 4), "NaN or Inf"),
+    (5, ("&Bs[cur][kk][cols + 16 * s]", "&Bs[cur][kk][cols + 4 * s]"), GROUPS, "relative error"),  # strips
 ])
-def test_the_vectorized_rung_with_a_bug_fails_its_check(on_host, change, shape):
-    rung = next(r for r in ladder.rungs() if not r.in_numba)
+def test_a_cuda_c_rung_with_a_bug_fails_its_check(on_host, number, change, shape, finding):
+    rung = next(r for r in ladder.rungs() if r.number == number)
     old, new = change
     assert old in rung.source.code
     broken = source(rung.source.code.replace(old, new), *rung.source.kernels)
     broken.function = HostKernels(broken).function
-    verdict = measure.verify(dataclasses.replace(rung, source=broken).workload(*shape), FakeStream())
-    assert not verdict.ok
-    assert "NaN or Inf" in verdict.detail
+    try:
+        verdict = measure.verify(dataclasses.replace(rung, source=broken).workload(*shape), FakeStream())
+        detail = verdict.detail
+        assert not verdict.ok
+    except HostLaunchError as exc:
+        detail = str(exc)
+    assert finding in detail
 
 
 # --- the flag wait: host memory another thread writes while the kernel polls ----------------------

@@ -71,6 +71,22 @@ def rungs() -> list[Rung]:
     return sorted(found, key=lambda r: r.number)
 
 
+# CUDA C the CUDA C rungs share. Blocks of a 1-D grid in groups of `group_m` tile-rows, walked column by
+# column within a group (Triton's grouped ordering), so the blocks resident at once share panels of A
+# and B in L2; a short last group holds the rows that are left.
+TILE_ORDER_CODE = r"""
+__device__ __forceinline__ void grouped_tile(int bid, int m, int n, int bm, int bn, int group_m,
+                                             int& row0, int& col0) {
+    const int tiles_m = (m + bm - 1) / bm, tiles_n = (n + bn - 1) / bn;
+    const int per_group = group_m * tiles_n;
+    const int first = bid / per_group * group_m;
+    const int rows_in_group = min(tiles_m - first, group_m);
+    row0 = (first + bid % per_group % rows_in_group) * bm;
+    col0 = bid % per_group / rows_in_group * bn;
+}
+"""
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
