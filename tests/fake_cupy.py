@@ -43,7 +43,7 @@ def _on_device(fn):
     @functools.wraps(fn)
     def call(*args, **kwargs):
         out = fn(*args, **kwargs)
-        return out.view(HostArray) if isinstance(out, np.ndarray) else out
+        return on_device(out) if isinstance(out, np.ndarray) else out
     return call
 
 

@@ -1,4 +1,4 @@
-// Enough of CUDA C to run a kernel that uses no inline PTX on the CPU, for tests (see host_cuda.py).
+// Enough of CUDA C, and of the PTX our kernels inline, to run them on the CPU, for tests (host_cuda.py).
 //
 // Blocks run one after another; a block's threads are coroutines (ucontext) on one OS thread, each run
 // until it reaches a barrier (__syncthreads, a warp shuffle, __syncwarp) or returns, in one of two orders
@@ -24,10 +24,8 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __noinline__
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-#define __shared__ static
 #define HC_SHARED static  // a __shared__ declaration host_cuda.py has taken note of
 
 struct dim3 {
@@ -56,16 +54,13 @@ constexpr size_t HC_MAX_DYNAMIC_SHARED = 48 * 1024;
 static unsigned char hc_dynamic_shared[HC_MAX_DYNAMIC_SHARED] __attribute__((aligned(128)));
 alignas(128) static char hc_shared_anchor;  // aligned, so offsets from it keep addresses' alignment
 
-using std::isinf;
 using std::isnan;
-using std::max;
 using std::min;
 
 template <class T>
 inline T __ldg(const T* p) { return *p; }
 inline float __uint_as_float(unsigned v) { float f; std::memcpy(&f, &v, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned v; std::memcpy(&v, &f, 4); return v; }
-inline float __fdividef(float a, float b) { return a / b; }
 
 namespace hc {
 
@@ -95,7 +90,7 @@ struct Block {
     std::vector<unsigned char> slots;  // one shuffle slot per thread
     ucontext_t scheduler;
     int current = 0;
-    bool reverse = false;  // run the threads warp by warp from the last (run_block)
+    bool by_warp = false;  // the second order: warp by warp from the last (run_block)
     void (*kernel)(void**) = nullptr;
     void** args = nullptr;
 };
@@ -219,7 +214,7 @@ inline int run_block(char* error, size_t error_len) {
         makecontext(&t.context, thread_main, 0);
     }
     for (;;) {
-        if (b.reverse) {
+        if (b.by_warp) {
             int i = n - 1;
             while (i >= 0 && b.threads[i].state != RUNNABLE) --i;
             if (i >= 0) {
@@ -248,7 +243,7 @@ inline int run_block(char* error, size_t error_len) {
 
 template <class T>
 inline T exchange(T v, int src_lane) {
-    static_assert(sizeof(T) <= SLOT_BYTES, "shuffle of a value wider than 16 bytes");
+    static_assert(sizeof(T) <= SLOT_BYTES, "shuffle of a value wider than a slot");
     Block& b = block();
     const int me = linear_thread();
     std::memcpy(&b.slots[me * SLOT_BYTES], &v, sizeof(T));
@@ -428,10 +423,10 @@ inline unsigned long long __cvta_generic_to_global(const void* p) { return reint
 
 // The launch: `kernel` unpacks `args` (pointers to each argument's value) and calls the kernel.
 extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsigned gy, unsigned gz,
-                         unsigned bx, unsigned by, unsigned bz, size_t dynamic_shared_bytes, int reverse,
+                         unsigned bx, unsigned by, unsigned bz, size_t dynamic_shared_bytes, int by_warp,
                          char* error, size_t error_len) {
     hc::Block& b = hc::block();
-    if (dynamic_shared_bytes > HC_MAX_DYNAMIC_SHARED) {
+    if (dynamic_shared_bytes > HC_MAX_DYNAMIC_SHARED) {  // host_cuda.py checks first; this guards the buffer
         std::snprintf(error, error_len, "%zu bytes of dynamic shared memory", dynamic_shared_bytes);
         return 1;
     }
@@ -441,7 +436,7 @@ extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsig
     b.threads.resize(n);
     for (hc::Thread& t : b.threads) t.stack.resize(hc::STACK_BYTES);
     b.slots.assign(n * hc::SLOT_BYTES, 0xFF);
-    b.reverse = reverse != 0;
+    b.by_warp = by_warp != 0;
     b.fault[0] = 0;
     b.kernel = kernel;
     b.args = args;

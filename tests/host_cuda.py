@@ -216,17 +216,18 @@ def ptx_call(template: str, operands: list[str]) -> str:
         return "ptx::cp_async_commit();"
     if opcode == "cp.async.wait_group":
         return f"ptx::cp_async_wait({args[0]});"
+    def stores(registers: list[str]) -> str:  # the emulation's results into the asm's output operands
+        return " ".join(f"{reg} = hc_d[{i}];" for i, reg in enumerate(registers))
+
     if opcode.startswith("ldmatrix.sync.aligned.m8n8.x") and opcode.endswith(".shared.b16"):
         d, address = args
-        stores = " ".join(f"{reg} = hc_d[{i}];" for i, reg in enumerate(d))
         return (f"unsigned hc_d[4]; ptx::ldmatrix(hc_d, {len(d)}, {str('.trans' in opcode).lower()}, "
-                f"{address}); {stores}")
+                f"{address}); {stores(d)}")
     mma = re.fullmatch(r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(bf16|f16)\.\1\.f32", opcode)
     if mma:
         d, a, b, c = args
-        stores = " ".join(f"{reg} = hc_d[{i}];" for i, reg in enumerate(d))
         return (f"float hc_d[4]; ptx::mma_m16n8k16(hc_d, {str(mma.group(1) == 'bf16').lower()}, "
-                f"{{{{{', '.join(a)}}}, {{{', '.join(b)}}}, {{{', '.join(c)}}}}}); {stores}")
+                f"{{{{{', '.join(a)}}}, {{{', '.join(b)}}}, {{{', '.join(c)}}}}}); {stores(d)}")
     cvt = re.fullmatch(r"cvt\.rn\.(bf16|f16)x2\.f32", opcode)
     if cvt:
         d, hi, lo = args
@@ -259,7 +260,8 @@ def _build(code: str) -> tuple[ctypes.CDLL, dict[str, Kernel]]:
     kernels = signatures(code)
     folder = Path(tempfile.gettempdir()) / "mfugap-host-cuda"
     folder.mkdir(exist_ok=True)
-    stem = folder / hashlib.sha256((HEADER.read_text() + code).encode()).hexdigest()[:16]
+    stem = folder / hashlib.sha256("\0".join([_compiler_version(), *FLAGS, HEADER.read_text(), code]).encode()
+                                   ).hexdigest()[:16]
     library = stem.with_suffix(".so")
     if not library.exists():
         cpp, built = (Path(f"{stem}.{os.getpid()}{ext}") for ext in (".cpp", ".so"))  # one per process
@@ -277,6 +279,11 @@ def _build(code: str) -> tuple[ctypes.CDLL, dict[str, Kernel]]:
     return lib, kernels
 
 
+@functools.cache
+def _compiler_version() -> str:
+    return subprocess.run([COMPILER, "--version"], capture_output=True, text=True, check=True).stdout
+
+
 @contextlib.contextmanager
 def _stderr_to(path: Path) -> Iterator[None]:
     """The process's file descriptor 2 into `path`: where UBSan writes its reports."""
@@ -292,10 +299,11 @@ def _stderr_to(path: Path) -> Iterator[None]:
 
 
 def _dim3(value: Any) -> tuple[int, int, int]:
-    dims = (value,) if isinstance(value, int | np.integer) else tuple(value)
-    if not 1 <= len(dims) <= 3 or any(int(d) < 1 for d in dims):
-        raise HostLaunchError(f"launch dimensions must be 1 to 3 positive integers, got {value!r}")
-    return tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
+    """A grid or block as CuPy's kernel call takes it: a tuple of 1 to 3 positive ints (an int is refused
+    there too, by Function.__call__'s `tuple grid, tuple block`)."""
+    if not isinstance(value, tuple) or not 1 <= len(value) <= 3 or any(int(d) < 1 for d in value):
+        raise HostLaunchError(f"launch dimensions must be a tuple of 1 to 3 positive integers, got {value!r}")
+    return tuple(int(d) for d in value) + (1,) * (3 - len(value))
 
 
 def _cupy_dtype(value: Any) -> np.dtype:
@@ -355,11 +363,11 @@ class HostFunction:
         values = [self._argument(p, v, guarded) for p, v in zip(self.params, args, strict=True)]
         argv = (ctypes.c_void_p * max(1, len(values)))(*(ctypes.addressof(v) for v in values))
         inputs = guarded.snapshot()
-        self._run(argv, grid3, block3, shared_mem, reverse=False)
+        self._run(argv, grid3, block3, shared_mem, by_warp=False)
         if self.deterministic:
             forward = guarded.snapshot()
             guarded.restore(inputs)
-            self._run(argv, grid3, block3, shared_mem, reverse=True)
+            self._run(argv, grid3, block3, shared_mem, by_warp=True)
         raced = self.deterministic and guarded.differs_from(forward)
         if raced:
             raise HostLaunchError(f"{self.name}: {raced} differs when the threads run in another order: "
@@ -367,11 +375,11 @@ class HostFunction:
         guarded.copy_back(self.name)
         self.launches += 1
 
-    def _run(self, argv: Any, grid: tuple, block: tuple, shared_mem: int, reverse: bool) -> None:
+    def _run(self, argv: Any, grid: tuple, block: tuple, shared_mem: int, by_warp: bool) -> None:
         error = ctypes.create_string_buffer(512)
         report = Path(tempfile.gettempdir()) / f"mfugap-host-cuda-{os.getpid()}.stderr"
         with _stderr_to(report):
-            failed = self.lib.hc_launch(self.entry, argv, *grid, *block, shared_mem, int(reverse), error,
+            failed = self.lib.hc_launch(self.entry, argv, *grid, *block, shared_mem, int(by_warp), error,
                                         len(error))
         lines = report.read_text(errors="replace").splitlines()
         sanitizer = [line for line in lines if "runtime error" in line]

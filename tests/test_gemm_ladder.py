@@ -24,7 +24,8 @@ from mfugap.verify import TOLERANCE, rel_err
 
 SMALL_TILE = rung03.BlockTile(bm=32, bn=32, bk=4, tm=4, tn=4)  # 64 threads, 4x4 outputs each
 RUNGS = [*ladder.rungs(), rung03.build(SMALL_TILE)]
-NUMBA_RUNGS = [r for r in RUNGS if r.in_numba]  # CUDA C rungs run on the host: tests/test_host_cuda.py
+NUMBA_RUNGS = [r for r in RUNGS if r.in_numba]
+CUDA_C_RUNGS = [r for r in ladder.rungs() if not r.in_numba]  # run on the host: tests/test_host_cuda.py
 CASES = [(rung, shape) for rung in NUMBA_RUNGS for shape in ((37, 45, 29), (5, 7, 3), (*rung.tile, 32))]
 
 
@@ -153,15 +154,15 @@ def test_ladder_summary_explains_every_rung_and_reads_it_against_cublas():
     assert all(summary["rungs"].values())
 
 
-def test_cuda_c_rungs_take_whole_vectors_and_say_so():
-    rung = next(r for r in ladder.rungs() if not r.in_numba)
-    assert rung.multiple == 4
+@pytest.mark.parametrize("rung", CUDA_C_RUNGS, ids=lambda r: r.name)
+def test_cuda_c_rungs_take_whole_vectors_and_say_so(rung):
+    assert rung.multiple == ladder.VECTOR == 4
     assert all(n % 4 == 0 and k % 4 == 0 for _, n, k in rung.odd_shapes())
     assert [m for m, _, _ in rung.odd_shapes()] == [m for m, _, _ in ladder.SMALL_ODD_SHAPES]
     with pytest.raises(ValueError, match="multiples of 4"):
         rung.workload(64, 45, 64)
     g = rung.workload(64, 48, 80)
-    assert isinstance(g, ladder.CudaGemm) and g.label == "rung 4 vectorized fp32 64x48x80"
+    assert isinstance(g, ladder.CudaGemm) and g.label == f"rung {rung.number} {rung.name} fp32 64x48x80"
     assert isinstance(RUNGS[0].workload(5, 7, 3), ladder.NumbaGemm)
 
 
@@ -169,7 +170,7 @@ def test_cuda_c_rungs_take_whole_vectors_and_say_so():
 def test_cuda_c_rungs_use_16_byte_accesses_and_reuse_more_each_rung(arch):
     """Rung 4: 4 shared loads feed an 8 x 8 outer product (16 FMAs each); rung 5: 6 feed 8 x 16 (21+)."""
     fmas_per_load = {}
-    for rung in (r for r in ladder.rungs() if not r.in_numba):
+    for rung in CUDA_C_RUNGS:
         ptx = rung.source.compile_offline(arch).ptx
         assert ptx.count("ld.global.nc.v4.f32") >= 2 and ptx.count("st.global.v4.f32") >= 2, rung.name
         assert ptx.count("ld.shared.v4.f32") >= 4 and "ld.shared.f32" not in ptx, rung.name

@@ -1,12 +1,11 @@
 """Our CUDA C kernels, run on the CPU from their real source through their real workloads.
 
-tests/host_cuda.py compiles each CudaSource without inline PTX with g++ against a small CUDA shim
-(threads as coroutines, barriers that open when every running thread reaches them). Each kernel family's
-`selftest_cases()` (what `mfugap selftest` runs on a GPU) goes through mfugap.measure.verify with a
-NumPy-backed `cupy`: setup, poison, launch with CuPy's argument rules, check against the float64
-reference. Kernels with inline PTX (tensor cores, timers) are left to the NVRTC and GPU tests.
+tests/host_cuda.py compiles each CudaSource with g++ against a small CUDA shim (threads as coroutines,
+barriers that open when every running thread reaches them, the inline PTX our kernels use emulated).
+Each kernel family's `selftest_cases()` (what `mfugap selftest` runs on a GPU) goes through
+mfugap.measure.verify with a NumPy-backed `cupy`: setup, poison, launch with CuPy's argument rules,
+check against the float64 reference. Then kernels with a bug put in must fail that check.
 """
-import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -57,7 +56,7 @@ extern "C" __global__ void divergent(int* out) {
 def test_barrier_orders_shared_memory_between_threads():
     data = np.arange(3 * 256, dtype=np.int32)
     out = np.zeros_like(data)
-    HostKernels(REVERSE).function("reverse")(3, 256, (data, out))
+    HostKernels(REVERSE).function("reverse")((3,), (256,), (data, out))
     np.testing.assert_array_equal(out, data.reshape(3, 256)[:, ::-1].ravel())
 
 
@@ -79,18 +78,18 @@ extern "C" __global__ void same_element(float* out) {
 ])
 def test_races_fail_the_launch_whichever_thread_comes_first(kernel, args):
     with pytest.raises(HostLaunchError, match="differs when the threads run in another order: a race"):
-        HostKernels(RACES).function(kernel)(1, 64, args)
+        HostKernels(RACES).function(kernel)((1,), (64,), args)
 
 
 def test_missing_barrier_fails_the_launch():
     data = np.arange(256, dtype=np.int32)
     with pytest.raises(HostLaunchError, match="a race"):
-        HostKernels(REVERSE).function("reverse_unsynced")(1, 256, (data, np.zeros_like(data)))
+        HostKernels(REVERSE).function("reverse_unsynced")((1,), (256,), (data, np.zeros_like(data)))
 
 
 def test_divergent_barrier_fails_the_launch():
     with pytest.raises(HostLaunchError, match="different barriers"):
-        HostKernels(REVERSE).function("divergent")(1, 32, (np.zeros(32, dtype=np.int32),))
+        HostKernels(REVERSE).function("divergent")((1,), (32,), (np.zeros(32, dtype=np.int32),))
 
 
 SHUFFLES = source(r"""
@@ -124,7 +123,7 @@ extern "C" __global__ void dynamic_reverse(const float* in, float* out) {
 def test_warp_shuffles_exchange_between_lanes_of_one_warp():
     x = np.arange(64, dtype=np.float32)
     out, out64 = np.zeros(64, dtype=np.float32), np.zeros(2)
-    HostKernels(SHUFFLES).function("warp_sums")(1, 64, (x, out, out64))
+    HostKernels(SHUFFLES).function("warp_sums")((1,), (64,), (x, out, out64))
     np.testing.assert_array_equal(out, np.repeat([x[:32].sum(), x[32:].sum()], 32))
     np.testing.assert_array_equal(out64, [x[:32].sum(), x[32:].sum()])  # lane 0 of each warp
 
@@ -144,19 +143,20 @@ extern "C" __global__ void xor_within_16(float* out) {
 
 def test_a_shuffle_reading_a_returned_lane_gets_nan():
     out = np.zeros(32, dtype=np.float32)
-    HostKernels(PARTIAL_WARP).function("sum_first")(1, 32, (np.ones(32, dtype=np.float32), out, np.int32(20)))
+    x = np.ones(32, dtype=np.float32)
+    HostKernels(PARTIAL_WARP).function("sum_first")((1,), (32,), (x, out, np.int32(20)))
     assert np.isnan(out[:20]).all() and (out[20:] == 0).all()
 
 
 def test_xor_into_a_later_group_of_width_lanes_returns_the_own_value():
     out = np.zeros(32, dtype=np.float32)
-    HostKernels(PARTIAL_WARP).function("xor_within_16")(1, 32, (out,))
+    HostKernels(PARTIAL_WARP).function("xor_within_16")((1,), (32,), (out,))
     np.testing.assert_array_equal(out, [*range(16), *range(0, 16)])  # lanes 16-31 read group 0
 
 
 def test_shfl_sync_broadcasts_one_lane():
     out = np.zeros(32, dtype=np.int32)
-    HostKernels(SHUFFLES).function("broadcast")(1, 32, (out,))
+    HostKernels(SHUFFLES).function("broadcast")((1,), (32,), (out,))
     assert set(out) == {50}
 
 
@@ -182,7 +182,7 @@ extern "C" __global__ void first_half(float* out) {
 def test_shared_memory_no_thread_of_the_block_wrote_reads_nan():
     """Each block starts with its shared arrays full of NaN, not with what the last block left."""
     out = np.zeros(2 * 64, dtype=np.float32)
-    HostKernels(UNWRITTEN_SHARED).function("first_half")(2, 64, (out,))
+    HostKernels(UNWRITTEN_SHARED).function("first_half")((2,), (64,), (out,))
     for block in out.reshape(2, 64):
         assert (block[:32] == 1).all() and np.isnan(block[32:]).all()
 
@@ -190,7 +190,7 @@ def test_shared_memory_no_thread_of_the_block_wrote_reads_nan():
 def test_dynamic_shared_memory():
     x = np.arange(40, dtype=np.float32)
     out = np.zeros_like(x)
-    HostKernels(SHUFFLES).function("dynamic_reverse")(1, 40, (x, out), shared_mem=4 * 40)
+    HostKernels(SHUFFLES).function("dynamic_reverse")((1,), (40,), (x, out), shared_mem=4 * 40)
     np.testing.assert_array_equal(out, x[::-1])
 
 
@@ -203,16 +203,21 @@ def test_dynamic_shared_memory():
 ])
 def test_arguments_follow_cupy_rules_and_must_match_the_kernel(args, problem):
     with pytest.raises(HostLaunchError, match=problem.replace("(", r"\(").replace(")", r"\)")):
-        HostKernels(SHUFFLES).function("indices")(1, 8, args)
+        HostKernels(SHUFFLES).function("indices")((1,), (8,), args)
+
+
+def test_grid_and_block_are_tuples_as_cupy_requires():
+    with pytest.raises(HostLaunchError, match="tuple"):
+        HostKernels(SHUFFLES).function("broadcast")(1, 32, (np.zeros(32, dtype=np.int32),))
 
 
 def test_launch_limits_are_cudas():
     f = HostKernels(SHUFFLES).function("dynamic_reverse")
     x = np.zeros(2048, dtype=np.float32)
     with pytest.raises(HostLaunchError, match="2048 threads per block, the kernel allows 1024"):
-        f(1, 2048, (x, x))
+        f((1,), (2048,), (x, x))
     with pytest.raises(HostLaunchError, match="dynamic shared memory"):
-        f(1, 32, (x, x), shared_mem=64 * 1024)
+        f((1,), (32,), (x, x), shared_mem=64 * 1024)
 
 
 OUT_OF_BOUNDS = source(r"""
@@ -226,11 +231,11 @@ def test_reads_past_an_array_get_nan_and_writes_past_it_fail_the_launch():
     f = HostKernels(OUT_OF_BOUNDS).function("shift")
     x = np.arange(8, dtype=np.float32)
     out = np.zeros(8, dtype=np.float32)
-    f(1, 8, (x, out, np.int32(2)))
+    f((1,), (8,), (x, out, np.int32(2)))
     np.testing.assert_array_equal(out[:6], x[2:])
     assert np.isnan(out[6:]).all()
     with pytest.raises(HostLaunchError, match="wrote outside shift"):
-        f(1, 8, (x, out[:4], np.int32(0)))
+        f((1,), (8,), (x, out[:4], np.int32(0)))
 
 
 ALIASED = source(r"""
@@ -259,38 +264,38 @@ extern "C" __global__ void __launch_bounds__(64) bounded(float* out) {
 def test_the_same_array_twice_is_one_buffer_and_partial_overlaps_are_refused():
     f = HostKernels(ALIASED).function("write_then_read")
     x, seen = np.zeros(8, dtype=np.float32), np.zeros(8, dtype=np.float32)
-    f(1, 8, (x, x, seen))
+    f((1,), (8,), (x, x, seen))
     assert (seen == 2).all()  # what another thread wrote through `out`, read through `in`
     with pytest.raises(HostLaunchError, match="overlaps"):
-        f(1, 4, (x[:4], x[2:6], seen[:4]))
+        f((1,), (4,), (x[:4], x[2:6], seen[:4]))
 
 
 def test_a_misaligned_vector_load_fails_the_launch():
     """A view one float into an array keeps its misalignment in the copy; UBSan reports the float4 load."""
     f = HostKernels(ALIASED).function("misaligned")
     x, out = np.arange(33, dtype=np.float32), np.zeros(8, dtype=np.float32)
-    f(1, 8, (x[:32], out))
+    f((1,), (8,), (x[:32], out))
     np.testing.assert_array_equal(out, x[1:32:4])
     with pytest.raises(HostLaunchError, match="misaligned address"):
-        f(1, 8, (x[1:], out))
+        f((1,), (8,), (x[1:], out))
 
 
 def test_an_index_past_a_shared_array_fails_the_launch():
     f = HostKernels(ALIASED).function("shared_index")
     out = np.zeros(8, dtype=np.float32)
-    f(1, 8, (np.array([7], dtype=np.int32), out))
+    f((1,), (8,), (np.array([7], dtype=np.int32), out))
     assert (out == 1).all()
     with pytest.raises(HostLaunchError, match="out of bounds"):
-        f(1, 8, (np.array([8], dtype=np.int32), out))
+        f((1,), (8,), (np.array([8], dtype=np.int32), out))
 
 
 def test_launch_bounds_limit_the_block_and_scalar_shared_variables_start_as_nan():
     f = HostKernels(ALIASED).function("bounded")
     out = np.zeros(64, dtype=np.float32)
-    f(1, 64, (out,))
+    f((1,), (64,), (out,))
     assert out[0] == 2.0  # the unsigned int reads all ones, the float NaN
     with pytest.raises(HostLaunchError, match="128 threads per block, the kernel allows 64"):
-        f(1, 128, (np.zeros(128, dtype=np.float32),))
+        f((1,), (128,), (np.zeros(128, dtype=np.float32),))
 
 
 def test_shared_declarations_the_shim_cannot_track_are_refused():
@@ -340,7 +345,8 @@ def host_cases() -> list:
 
 @pytest.fixture
 def on_host(monkeypatch):
-    """CudaSource.function answered by host-compiled kernels, `cupy` by NumPy; yields the kernels used."""
+    """CudaSource.function answered by host-compiled kernels, `cupy` by NumPy; returns the kernels built,
+    by id() of their source."""
     fake_cupy.install_numpy(monkeypatch)
     built: dict[int, HostKernels] = {}
 
@@ -361,16 +367,17 @@ def test_kernel_passes_its_own_check_on_the_host(on_host, case):
         assert verdict.rel_err <= verdict.tolerance
 
 
-def test_every_host_runnable_kernel_is_among_the_cases(on_host):
-    launched, first = set(), {}
-    for case in host_cases():  # the first case of each kind is enough to launch its kernels
-        first.setdefault((type(case), case.name, case.precision), case)
+def test_every_kernel_of_every_source_is_among_the_cases(on_host):
+    first = {}
+    for case in host_cases():  # the first case of each kind (a kind: one source's kernel) launches it
+        first.setdefault((type(case), case.name, case.precision, getattr(case, "kind", None)), case)
     for case in first.values():
         measure.verify(case, FakeStream())
-    for kernels in on_host.values():
-        launched |= {name for name, f in kernels.functions.items() if f.launches}
-    runnable = {name for s in cuda_source.registered() if host_runnable(s) is None for name in s.kernels}
-    assert runnable - launched == {"flag_wait"}  # its workload maps pinned memory: tested on its own below
+    launched = {(source_id, name) for source_id, kernels in on_host.items()
+                for name, f in kernels.functions.items() if f.launches}
+    every = {(id(s), name) for s in cuda_source.registered() for name in s.kernels}
+    missing = {name for source_id, name in every - launched}
+    assert missing == {"flag_wait"}  # its workload maps pinned memory: its kernel is tested on its own below
 
 
 # --- the checks catch broken kernels --------------------------------------------------------------
@@ -386,18 +393,22 @@ def test_every_host_runnable_kernel_is_among_the_cases(on_host):
      "for (int s = 0; s < steps; ++s) v = fmaf(a, v, b);", "relative error"),
 ])
 def test_a_kernel_with_a_line_removed_fails_its_check(on_host, monkeypatch, module, case, remove, finding):
-    verdict = _verify_changed(monkeypatch, module, remove, "", case())
-    assert not verdict.ok
-    assert finding in verdict.detail
+    assert finding in _failure(monkeypatch, module.SOURCE, remove, "", case())
 
 
-def _verify_changed(monkeypatch, module, old: str, new: str, case):
-    """`case` verified with `old` replaced by `new` in its module's kernel source."""
-    assert old in module.SOURCE.code
-    broken = source(module.SOURCE.code.replace(old, new), *module.SOURCE.kernels)
+def _failure(monkeypatch, kernel_source: CudaSource, old: str, new: str, case) -> str:
+    """Why `case` fails with `old` replaced by `new` in `kernel_source`: its check's detail, or the
+    launch's error. The test fails if it passes."""
+    assert old in kernel_source.code
+    broken = source(kernel_source.code.replace(old, new), *kernel_source.kernels)
     # on the object, so workloads that keep a reference to it launch the broken kernel too
-    monkeypatch.setattr(module.SOURCE, "function", HostKernels(broken).function)
-    return measure.verify(case, FakeStream())
+    monkeypatch.setattr(kernel_source, "function", HostKernels(broken).function)
+    try:
+        verdict = measure.verify(case, FakeStream())
+    except HostLaunchError as exc:
+        return str(exc)
+    assert not verdict.ok, "the check passed a broken kernel"
+    return verdict.detail
 
 
 MMA_CASE = (130, 72, 200)  # two tile-rows, a ragged tile-column, seven K tiles: the pipeline wraps
@@ -413,15 +424,16 @@ MMA_CASE = (130, 72, 200)  # two tile-rows, a ragged tile-column, seven K tiles:
     # the two halves of each packed pair of C swapped
     ("P::pack(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1])",
      "P::pack(acc[mi][ni][2 * h + 1], acc[mi][ni][2 * h])", "relative error"),
+    # a B tile row read from one chunk off: ldmatrix rows must start 16-byte aligned
+    ("ldmatrix_x4_trans(d, smem_addr(b_stage + smem_chunk(row, chunk, MG_B_ROW_CHUNKS)));",
+     "ldmatrix_x4_trans(d, smem_addr(b_stage + smem_chunk(row, chunk, MG_B_ROW_CHUNKS)) + 4);",
+     "ldmatrix row address not 16-byte aligned"),
+    # a copy that starts half a chunk into the matrix: cp.async sources must be aligned to the copy size
+    ("const elem_t* src = inside ? g + (long long)gr * ld + gc : g;",
+     "const elem_t* src = inside ? g + (long long)gr * ld + gc + 4 : g;", "cp.async source not aligned"),
 ])
 def test_the_mma_gemm_with_a_bug_fails_on_the_host(on_host, monkeypatch, old, new, finding):
-    try:
-        verdict = _verify_changed(monkeypatch, mma_gemm, old, new, mma_gemm.MmaGemm(*MMA_CASE, "bf16"))
-        detail = verdict.detail
-        assert not verdict.ok
-    except HostLaunchError as exc:
-        detail = str(exc)
-    assert finding in detail
+    assert finding in _failure(monkeypatch, mma_gemm.SOURCE, old, new, mma_gemm.MmaGemm(*MMA_CASE, "bf16"))
 
 
 def test_the_mma_gemm_unchanged_passes_the_case_the_bugs_fail(on_host):
@@ -444,19 +456,9 @@ def test_the_mma_gemm_unchanged_passes_the_case_the_bugs_fail(on_host):
     (5, ("a_in && k < K ?", "a_in ?"), (130, 136, 4), "NaN or Inf"),
     (5, ("&Bs[cur][kk][cols + 16 * s]", "&Bs[cur][kk][cols + 4 * s]"), GROUPS, "relative error"),  # strips
 ])
-def test_a_cuda_c_rung_with_a_bug_fails_its_check(on_host, number, change, shape, finding):
+def test_a_cuda_c_rung_with_a_bug_fails_its_check(on_host, monkeypatch, number, change, shape, finding):
     rung = next(r for r in ladder.rungs() if r.number == number)
-    old, new = change
-    assert old in rung.source.code
-    broken = source(rung.source.code.replace(old, new), *rung.source.kernels)
-    broken.function = HostKernels(broken).function
-    try:
-        verdict = measure.verify(dataclasses.replace(rung, source=broken).workload(*shape), FakeStream())
-        detail = verdict.detail
-        assert not verdict.ok
-    except HostLaunchError as exc:
-        detail = str(exc)
-    assert finding in detail
+    assert finding in _failure(monkeypatch, rung.source, *change, rung.workload(*shape))
 
 
 # --- the flag wait: host memory another thread writes while the kernel polls ----------------------
@@ -464,7 +466,7 @@ def test_a_cuda_c_rung_with_a_bug_fails_its_check(on_host, number, change, shape
 def _wait(flag: np.ndarray, epoch: int, timeout_ns: int, polls: int) -> np.ndarray:
     record = np.zeros(flag_wait.RECORD_WORDS, dtype=np.uint64)
     HostKernels(flag_wait.SOURCE).function("flag_wait")(
-        1, 1, (flag, np.uint64(epoch), np.uint64(timeout_ns), np.uint64(polls), record))
+        (1,), (1,), (flag, np.uint64(epoch), np.uint64(timeout_ns), np.uint64(polls), record))
     return record
 
 
@@ -497,17 +499,3 @@ def test_flag_wait_ends_on_its_own_when_nobody_releases(timeout_ns, polls, cut_b
 def test_every_cuda_source_runs_on_the_host():
     assert {" + ".join(s.kernels): host_runnable(s) for s in cuda_source.registered()
             if host_runnable(s) is not None} == {}
-
-
-@pytest.mark.parametrize(("old", "new", "finding"), [
-    # a B tile row read from one chunk off: ldmatrix rows must start 16-byte aligned
-    ("ldmatrix_x4_trans(d, smem_addr(b_stage + smem_chunk(row, chunk, MG_B_ROW_CHUNKS)));",
-     "ldmatrix_x4_trans(d, smem_addr(b_stage + smem_chunk(row, chunk, MG_B_ROW_CHUNKS)) + 4);",
-     "ldmatrix row address not 16-byte aligned"),
-    # a copy that starts half a chunk into the matrix: cp.async sources must be aligned to the copy size
-    ("const elem_t* src = inside ? g + (long long)gr * ld + gc : g;",
-     "const elem_t* src = inside ? g + (long long)gr * ld + gc + 4 : g;", "cp.async source not aligned"),
-])
-def test_the_mma_gemm_misaligned_fails_on_the_host(on_host, monkeypatch, old, new, finding):
-    with pytest.raises(HostLaunchError, match=finding):
-        _verify_changed(monkeypatch, mma_gemm, old, new, mma_gemm.MmaGemm(*MMA_CASE, "bf16"))

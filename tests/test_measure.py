@@ -285,6 +285,8 @@ def test_a_two_second_kernel_is_timed_four_times_not_ten():
     row = measure(Axpy(11, clock), FakeContext(clock), config, suite="demo")
     assert row["status"] == "ok"
     assert row["reps"] == 4 and row["kernel_ms_median"] == pytest.approx(2000.0)
+    # verification, one warm-up launch (verification already loaded the module), four timed: 12 s
+    assert clock.device_ms == pytest.approx(6 * 2000.0)
     # two events a launch: at most the running launch and one queued behind it
     assert clock.max_outstanding <= 4, "the host queued more than one long launch ahead of the device"
 

@@ -101,3 +101,12 @@ def test_gpu_lines_stop_once_a_kernel_breaks_the_cuda_context():
     lines = list(selftest.gpu_lines([family], STREAM, broken=broken))
     assert [line.status for line in lines] == ["ok", "failed", "failed"]
     assert lines[2].name == "(the rest)" and "axpy n=12 left the CUDA context broken" in lines[2].detail
+
+
+def test_gpu_lines_go_on_after_a_failure_that_leaves_the_context_usable():
+    from types import ModuleType
+
+    family = ModuleType("family")
+    family.selftest_cases = lambda: [Axpy(11, _clock(), bug=True), Axpy(12, _clock())]
+    lines = list(selftest.gpu_lines([family], STREAM, broken=lambda: None))
+    assert [(line.status, line.name) for line in lines] == [("failed", "axpy n=11"), ("ok", "axpy n=12")]

@@ -91,6 +91,21 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+VECTOR = 4  # floats per 16-byte access: a CUDA C rung's N and K are multiples of it
+
+
+def c_defines(**constants: int) -> str:
+    """A rung's tile constants as C preprocessor lines: they live in Python, in the rung's own file."""
+    return "".join(f"#define {name} {value}\n" for name, value in constants.items())
+
+
+def grouped_launch(bm: int, bn: int, threads: int) -> Callable[[int, int], tuple[Dims, Dims]]:
+    """Launch configuration of a rung using TILE_ORDER_CODE: one block per bm x bn tile of C, 1-D grid."""
+    def launch_config(m: int, n: int) -> tuple[Dims, Dims]:
+        return (cdiv(m, bm) * cdiv(n, bn),), (threads,)
+    return launch_config
+
+
 def _round_up(a: int, b: int) -> int:
     return cdiv(a, b) * b
 

@@ -24,23 +24,16 @@ on the host (tests/host_cuda.py) on ragged shapes. Its GPU numbers come after it
 from __future__ import annotations
 
 from mfugap.cuda_source import CudaSource
-from mfugap.kernels.gemm.ladder import TILE_ORDER_CODE, Dims, Rung, cdiv
+from mfugap.kernels.gemm.ladder import TILE_ORDER_CODE, VECTOR, Rung, c_defines, grouped_launch
 
 BM = BN = 128  # C tile of one block
 BK = 8  # K per step
 THREADS = 256  # 16 x 16 threads, 8 x 8 outputs each
-VECTOR = 4  # floats per 16-byte access
 A_PAD = 4  # floats added to each transposed A row: conflict-free stores, rows still 16-byte aligned
 GROUP_M = 8  # tile-rows per group in the block ordering
 
-SOURCE = CudaSource(f"""
-#define BM {BM}
-#define BN {BN}
-#define BK {BK}
-#define THREADS {THREADS}
-#define A_PAD {A_PAD}
-#define GROUP_M {GROUP_M}
-""" + TILE_ORDER_CODE + r"""
+SOURCE = CudaSource(c_defines(BM=BM, BN=BN, BK=BK, THREADS=THREADS, A_PAD=A_PAD, GROUP_M=GROUP_M)
+                    + TILE_ORDER_CODE + r"""
 // Row-major A[M,K], B[K,N], C[M,N] in fp32; N % 4 == 0 and K % 4 == 0.
 extern "C" __global__ void __launch_bounds__(THREADS, 2)
 sgemm_vectorized(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
@@ -126,11 +119,6 @@ sgemm_vectorized(const float* __restrict__ A, const float* __restrict__ B, float
 """, kernels=("sgemm_vectorized",))
 
 
-def launch_config(m: int, n: int) -> tuple[Dims, Dims]:
-    """One block per tile of C on a 1-D grid: the kernel orders the tiles itself."""
-    return (cdiv(m, BM) * cdiv(n, BN),), (THREADS,)
-
-
 RUNG = Rung(4, "vectorized", "rung 3 with 16-byte loads and stores (CUDA C), A transposed in shared memory, "
-            "the next K tile loaded while this one is computed", "sgemm_vectorized", launch_config,
-            tile=(BM, BN), source=SOURCE, multiple=VECTOR)
+            "the next K tile loaded while this one is computed", "sgemm_vectorized",
+            grouped_launch(BM, BN, THREADS), tile=(BM, BN), source=SOURCE, multiple=VECTOR)

@@ -22,32 +22,23 @@ on the host (tests/host_cuda.py) on ragged shapes. Its GPU numbers come after it
 from __future__ import annotations
 
 from mfugap.cuda_source import CudaSource
-from mfugap.kernels.gemm.ladder import TILE_ORDER_CODE, Dims, Rung, cdiv
+from mfugap.kernels.gemm.ladder import TILE_ORDER_CODE, VECTOR, Rung, c_defines, grouped_launch
 
 BM = BN = 128  # C tile of one block
 BK = 16  # K per step
 WARP_M = WARP_N = 64  # C tile of one warp
 THREADS = 128  # 4 warps, 2 x 2
 STRIPS = 4  # 16-column strips of a warp's tile; a thread has 4 columns in each
-A_PAD = 4  # floats added to each transposed A row: rows stay 16-byte aligned
 GROUP_M = 8
 
-SOURCE = CudaSource(f"""
-#define BM {BM}
-#define BN {BN}
-#define BK {BK}
-#define WARP_M {WARP_M}
-#define WARP_N {WARP_N}
-#define THREADS {THREADS}
-#define STRIPS {STRIPS}
-#define A_PAD {A_PAD}
-#define GROUP_M {GROUP_M}
-""" + TILE_ORDER_CODE + r"""
+SOURCE = CudaSource(c_defines(BM=BM, BN=BN, BK=BK, WARP_M=WARP_M, WARP_N=WARP_N, THREADS=THREADS,
+                              STRIPS=STRIPS, GROUP_M=GROUP_M)
+                    + TILE_ORDER_CODE + r"""
 // Row-major A[M,K], B[K,N], C[M,N] in fp32; N % 4 == 0 and K % 4 == 0.
 extern "C" __global__ void __launch_bounds__(THREADS, 2)
 sgemm_warptiled(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
                 int M, int N, int K) {
-    __shared__ __align__(16) float As[2][BK][BM + A_PAD];
+    __shared__ __align__(16) float As[2][BK][BM];  // transposed; stores by consecutive threads: no padding
     __shared__ __align__(16) float Bs[2][BK][BN];
     int row0, col0;
     grouped_tile(blockIdx.x, M, N, BM, BN, GROUP_M, row0, col0);
@@ -135,10 +126,6 @@ sgemm_warptiled(const float* __restrict__ A, const float* __restrict__ B, float*
 """, kernels=("sgemm_warptiled",))
 
 
-def launch_config(m: int, n: int) -> tuple[Dims, Dims]:
-    """One block per tile of C on a 1-D grid: the kernel orders the tiles itself."""
-    return (cdiv(m, BM) * cdiv(n, BN),), (THREADS,)
-
-
 RUNG = Rung(5, "warptiled", "each warp a 64x64 block of C, each thread 8x16 of it (CUDA C): 21 FMAs per "
-            "16-byte shared load", "sgemm_warptiled", launch_config, tile=(BM, BN), source=SOURCE, multiple=4)
+            "16-byte shared load", "sgemm_warptiled", grouped_launch(BM, BN, THREADS), tile=(BM, BN),
+            source=SOURCE, multiple=VECTOR)
