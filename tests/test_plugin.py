@@ -118,14 +118,18 @@ def test_interrupted_next():
 """
 
 
-def test_ctrl_c_keeps_and_saves_the_rows_already_measured(tmp_path):
+def _benchmark_on_fake_gpu(tmp_path, suite: str) -> subprocess.CompletedProcess:
+    """`pytest --benchmark` over `suite`, in a subprocess whose GPU context is tests.test_measure's fake."""
     (tmp_path / "conftest.py").write_text(CONFTEST_WITH_FAKE_GPU)
-    (tmp_path / "test_run.py").write_text(INTERRUPTED_SUITE)
-    repo = SUITES_DIR.parent
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--benchmark",
+    (tmp_path / "test_run.py").write_text(suite)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--benchmark",
                            "--results-dir", str(tmp_path / "results"), "test_run.py"],
-                          cwd=tmp_path, env={**NO_GPU, "PYTHONPATH": str(repo)}, capture_output=True,
-                          text=True, timeout=300)
+                          cwd=tmp_path, env={**NO_GPU, "PYTHONPATH": str(SUITES_DIR.parent)},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_ctrl_c_keeps_and_saves_the_rows_already_measured(tmp_path):
+    proc = _benchmark_on_fake_gpu(tmp_path, INTERRUPTED_SUITE)
     assert proc.returncode == 2, proc.stdout + proc.stderr  # pytest's "interrupted"
     (saved,) = (tmp_path / "results").rglob("*.json")
     run = json.loads(saved.read_text())
@@ -175,13 +179,7 @@ def test_3_never_runs(measure):
 
 
 def test_a_case_that_breaks_the_cuda_context_ends_the_run_and_keeps_the_rows(tmp_path):
-    (tmp_path / "conftest.py").write_text(CONFTEST_WITH_FAKE_GPU)
-    (tmp_path / "test_run.py").write_text(BROKEN_CONTEXT_SUITE)
-    repo = SUITES_DIR.parent
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--benchmark",
-                           "--results-dir", str(tmp_path / "results"), "test_run.py"],
-                          cwd=tmp_path, env={**NO_GPU, "PYTHONPATH": str(repo)}, capture_output=True,
-                          text=True, timeout=300)
+    proc = _benchmark_on_fake_gpu(tmp_path, BROKEN_CONTEXT_SUITE)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "axpy n=64 left the CUDA context broken (cudaErrorIllegalAddress" in proc.stdout
     (saved,) = (tmp_path / "results").rglob("*.json")
