@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="fewer cases, smaller sizes, 0.8 s windows")
     run.add_argument("--suite", action="append", choices=suite_names(), metavar="NAME",
                      help=f"suite to run (repeatable; default all): {', '.join(suite_names())}")
+    run.add_argument("-k", dest="keyword", metavar="EXPR",
+                     help="only the cases matching this pytest -k expression, e.g. \"not naive\"")
     run.add_argument("--results-dir", type=Path, help="where results go (default: the checkout's results/)")
     run.add_argument("--no-save", action="store_true", help="do not write a results file")
 
@@ -149,6 +151,8 @@ def _run(args: argparse.Namespace) -> int:
     paths = [str(SUITES_DIR / f"test_{name}.py") for name in args.suite or []] or [str(SUITES_DIR)]
     options = ["--benchmark", "-p", "no:cacheprovider", "-rfEs"]
     options += ["--quick"] * args.quick + ["--no-save"] * args.no_save
+    if args.keyword:
+        options += ["-k", args.keyword]
     if args.results_dir:
         options += ["--results-dir", str(args.results_dir)]
     # MIG enabled: one process per instance, since a CUDA process sees only one; the worst child decides

@@ -75,3 +75,16 @@ def test_console_script_without_gpu_has_no_traceback(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == cli.EXIT_NO_GPU
     assert "no GPU visible" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_passes_its_selection_to_the_suites(monkeypatch):
+    import pytest as pytest_module
+
+    seen = []
+    monkeypatch.setattr("mfugap.device.gpu_unavailable_reason", lambda *a, **k: None)
+    monkeypatch.setattr("mfugap.mig.children", lambda args: [])
+    monkeypatch.setattr(pytest_module, "main", lambda args: seen.append(args) or 0)
+    assert cli.main(["run", "--quick", "--suite", "gemm_ladder", "-k", "not naive"]) == cli.EXIT_OK
+    (args,) = seen
+    assert args[0].endswith("test_gemm_ladder.py") and "--benchmark" in args and "--quick" in args
+    assert args[args.index("-k") + 1] == "not naive"
