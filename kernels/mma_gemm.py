@@ -28,8 +28,9 @@ once in C++ (`LAYOUT_CODE`, host-compilable) and mirrored by the NumPy model bel
 check for coverage and bank conflicts and compare against the C++ compiled on the host.
 
 NOT YET RUN ON A GPU: compiled offline for sm_80 and sm_90 and checked on the CPU only (layout model,
-end-to-end NumPy emulation of ldmatrix/mma semantics, PTX contents, registers and spills). The GPU tests in
-tests/test_mma_gemm.py must pass before any timing of this rung is trusted.
+end-to-end NumPy emulation of ldmatrix/mma semantics, PTX contents, registers and spills, and the real
+source run on the host with its PTX emulated, tests/host_cuda.py). The GPU tests in tests/test_mma_gemm.py
+must pass before any timing of this rung is trusted.
 """
 from __future__ import annotations
 
