@@ -440,12 +440,21 @@ extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsig
     b.fault[0] = 0;
     b.kernel = kernel;
     b.args = args;
+    std::vector<unsigned char> past(HC_MAX_DYNAMIC_SHARED - dynamic_shared_bytes);
+    for (size_t i = 0; i < past.size(); ++i) past[i] = (dynamic_shared_bytes + i) % 2 ? 0x7F : 0xA5;
     for (unsigned z = 0; z < gz; ++z) {
         for (unsigned y = 0; y < gy; ++y) {
             for (unsigned x = 0; x < gx; ++x) {
                 blockIdx = {x, y, z};
                 std::memset(hc_dynamic_shared, 0xFF, dynamic_shared_bytes);  // NaN, as above
+                // past the launch's dynamic shared memory: a NaN pattern a write would change
+                std::memcpy(hc_dynamic_shared + dynamic_shared_bytes, past.data(), past.size());
                 if (hc::run_block(error, error_len)) return 1;
+                if (std::memcmp(hc_dynamic_shared + dynamic_shared_bytes, past.data(), past.size())) {
+                    std::snprintf(error, error_len, "block (%u,%u,%u) wrote past its %zu bytes of dynamic "
+                                  "shared memory", x, y, z, dynamic_shared_bytes);
+                    return 1;
+                }
                 if (b.fault[0]) {
                     std::snprintf(error, error_len, "block (%u,%u,%u): %s", x, y, z, b.fault);
                     return 1;

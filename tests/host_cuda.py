@@ -11,10 +11,10 @@ reads the low 4 bytes), but the workload should say what it means. Launch limits
 1024 threads (or the kernel's __launch_bounds__) and 48 KiB of dynamic shared memory.
 
 What the host would otherwise hide:
-- Each array argument runs in a copy with GUARD_BYTES of 0xFF on both sides, at the same address
-  modulo 256 as the original (so a misaligned view stays misaligned): a read past either end gets NaN
-  (0xFF bytes are NaN in fp32, fp64 and bf16), which the family's check then finds, and a write there
-  fails the launch. Arguments that are the same array share one copy, as they share memory on a GPU.
+- Each array argument runs in a copy with GUARD_BYTES of a NaN pattern on both sides (GUARD_PATTERNS), at
+  the same address modulo 256 as the original (so a misaligned view stays misaligned): a read past
+  either end gets NaN, which the family's check then finds, and a write there fails the launch.
+  Arguments that are the same array share one copy, as they share memory on a GPU.
 - Every launch runs twice from the same inputs: threads in order, round by round, then warp by warp from
   the last (each as far as it gets before the next starts) and in reverse within a warp. Outputs that
   differ mean a race (a missing barrier) and fail the launch. Kernels that read the global timer run once:
@@ -52,7 +52,9 @@ COMPILER = shutil.which("g++")
 MAX_THREADS = 1024
 MAX_DYNAMIC_SHARED = 48 * 1024  # more needs cudaFuncSetAttribute, which no kernel here asks for
 GUARD_BYTES = 4096
-GUARD = 0xFF
+# 2-byte guard patterns, one per argument: NaN read as fp32, bf16 or fp16, and signalling, so arithmetic
+# on a value read from a guard changes its bits, and a write there shows even when it stores NaN
+GUARD_PATTERNS = tuple(range(0x7FA0, 0x7FB0))
 ALIGNMENT = 256  # CuPy's allocations are at least this aligned; copies keep an array's offset from it
 FLAGS = ["-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-fno-strict-aliasing",
          "-fsanitize=alignment,bounds"]
@@ -395,6 +397,7 @@ class Guarded:
 
     def __init__(self) -> None:
         self.copies: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, str, int]] = {}
+        self.pristine: list[np.ndarray] = []  # each band as made, to find writes into its guards
 
     def pointer(self, array: np.ndarray, where: str) -> int:
         start, size = array.ctypes.data, array.nbytes
@@ -403,11 +406,16 @@ class Guarded:
             for (other, other_size), (_, _, other_where, _) in self.copies.items():
                 if start < other + other_size and other < start + size:
                     raise HostLaunchError(f"{where} overlaps {other_where} without being the same array")
-            band = np.full(size + 2 * GUARD_BYTES + 2 * ALIGNMENT, GUARD, dtype=np.uint8)
+            if len(self.copies) == len(GUARD_PATTERNS):
+                raise HostLaunchError(f"{where}: more array arguments than guard patterns")
+            length = size + 2 * GUARD_BYTES + 2 * ALIGNMENT
+            pattern = GUARD_PATTERNS[len(self.copies)]
+            band = np.full(-(-length // 2), pattern, dtype=np.uint16).view(np.uint8)[:length]
             # the copy starts where the original does modulo ALIGNMENT, after at least GUARD_BYTES
             front = GUARD_BYTES + (start - band.ctypes.data - GUARD_BYTES) % ALIGNMENT
             band[front:front + size] = array.reshape(-1).view(np.uint8)
             self.copies[key] = (array, band, where, front)
+            self.pristine.append(band.copy())
         return self.copies[key][1].ctypes.data + self.copies[key][3]
 
     def snapshot(self) -> list[np.ndarray]:
@@ -425,13 +433,14 @@ class Guarded:
         return None
 
     def copy_back(self, kernel: str) -> None:
-        for array, band, where, front in self.copies.values():
-            before, after = band[:front], band[front + array.nbytes:]
-            if (before != GUARD).any() or (after != GUARD).any():
-                raise HostLaunchError(f"{kernel}: wrote outside {where} "
-                                      f"({int((before != GUARD).sum())} bytes before it, "
-                                      f"{int((after != GUARD).sum())} after)")
-            array.reshape(-1).view(np.uint8)[:] = band[front:front + array.nbytes]
+        for (array, band, where, front), pristine in zip(self.copies.values(), self.pristine, strict=True):
+            end = front + array.nbytes
+            before = int((band[:front] != pristine[:front]).sum())
+            after = int((band[end:] != pristine[end:]).sum())
+            if before or after:
+                raise HostLaunchError(f"{kernel}: wrote outside {where} ({before} bytes before it, "
+                                      f"{after} after)")
+            array.reshape(-1).view(np.uint8)[:] = band[front:end]
 
 
 class HostKernels:

@@ -261,6 +261,34 @@ extern "C" __global__ void __launch_bounds__(64) bounded(float* out) {
 """, "write_then_read", "misaligned", "shared_index", "bounded")
 
 
+PAST_THE_END = source(r"""
+extern "C" __global__ void scale_one_too_many(const float* in, float* out, int n) {
+    if ((int)threadIdx.x <= n) out[threadIdx.x] = 2.0f * in[threadIdx.x];  // <= : one past each end
+}
+extern "C" __global__ void stage_one_too_many(const float* in, float* out, int n) {
+    extern __shared__ float staged[];
+    if ((int)threadIdx.x <= n) staged[threadIdx.x] = in[threadIdx.x];  // one float past the buffer
+    __syncthreads();
+    if ((int)threadIdx.x < n) out[threadIdx.x] = staged[threadIdx.x];
+}
+""", "scale_one_too_many", "stage_one_too_many")
+
+
+def test_a_write_past_the_end_is_caught_even_when_it_stores_the_nan_it_read_there():
+    x, out = np.ones(8, dtype=np.float32), np.zeros(8, dtype=np.float32)
+    with pytest.raises(HostLaunchError, match="wrote outside"):
+        HostKernels(PAST_THE_END).function("scale_one_too_many")((1,), (9,), (x, out, np.int32(8)))
+
+
+def test_a_write_past_the_dynamic_shared_memory_fails_the_launch():
+    x, out = np.ones(8, dtype=np.float32), np.zeros(8, dtype=np.float32)
+    f = HostKernels(PAST_THE_END).function("stage_one_too_many")
+    with pytest.raises(HostLaunchError, match="wrote past its 32 bytes of dynamic shared memory"):
+        f((1,), (9,), (x, out, np.int32(8)), shared_mem=32)
+    f((1,), (9,), (x, out, np.int32(8)), shared_mem=36)
+    assert (out == 1).all()
+
+
 def test_the_same_array_twice_is_one_buffer_and_partial_overlaps_are_refused():
     f = HostKernels(ALIASED).function("write_then_read")
     x, seen = np.zeros(8, dtype=np.float32), np.zeros(8, dtype=np.float32)
