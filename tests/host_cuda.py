@@ -20,7 +20,8 @@ What the host would otherwise hide:
   differ mean a race (a missing barrier) and fail the launch. Kernels that read the global timer run once:
   their outputs depend on time.
 - The build adds UBSan's alignment and bounds checks: a misaligned vector access or an index past a
-  fixed-size (shared or local) array fails the launch with the sanitizer's message.
+  fixed-size (shared or local) array fails the launch with the sanitizer's message. (GCC leaves arrays
+  of structs such as `uint4 v[4]` unchecked.)
 - Shared memory and the shuffle slots of returned lanes hold 0xFF (NaN) until written, and so does a
   cp.async destination from the copy's issue to its wait; misaligned ldmatrix and cp.async addresses
   fail the launch.
