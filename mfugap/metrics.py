@@ -6,6 +6,7 @@ never take the min of times and call it a max of rates by hand.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 # NVML clock-event reason bits (nvmlClocksEventReasons) that mean the clock was pulled down.
 THROTTLE_BITS = {
@@ -132,3 +133,20 @@ def percent_of(rows: list[dict], reference: str, key: str, same: tuple[str, ...]
     refs = {match(r): r[key] for r in rows if r["workload"] == reference and r[key]}
     return {r["label"]: 100.0 * r[key] / refs[match(r)] for r in rows
             if r["workload"] != reference and r[key] is not None and match(r) in refs}
+
+
+def find_row(rows: list[dict], workload: str, **fields: Any) -> dict | None:
+    """The first row of `workload` whose fields (a row field, or a param) equal `fields`, or None."""
+    def matches(row: dict) -> bool:
+        return all(row.get(k, row["params"].get(k)) == v for k, v in fields.items())
+
+    return next((row for row in rows if row["workload"] == workload and matches(row)), None)
+
+
+def goal(measured: float | None, *, at_least: float | None = None, at_most: float | None = None) -> str:
+    """A target read off a measurement: '93.1 (met: >= 90)', '71.2 (missed: >= 75)' or 'not measured'."""
+    if measured is None:
+        return "not measured"
+    met = (at_least is None or measured >= at_least) and (at_most is None or measured <= at_most)
+    bound = f">= {at_least:g}" if at_least is not None else f"<= {at_most:g}"
+    return f"{measured:.3g} ({'met' if met else 'missed'}: {bound})"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from mfugap.kernels import cublas_gemm, mma_gemm, peak
-from mfugap.metrics import percent_of
+from mfugap.metrics import find_row, goal, percent_of
 from mfugap.plugin import quick_subset
 
 LESSON = """Even with no memory traffic at all, the top of the roofline sits below the datasheet: the
@@ -64,5 +64,13 @@ def test_mma_sync_gemm(measure, quick, precision, warp_tile):
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Our tensor-core kernel's TFLOP/s as a percentage of cuBLAS at the same precision and size."""
-    return {"% of cuBLAS": percent_of(rows, cublas_gemm.CublasGemm.name, "tflops", same=("precision", "m"))}
+    """Our tensor-core kernel's TFLOP/s as a percentage of cuBLAS at the same precision and size, and
+    the kernel issue's targets: the fp32 FMA loop >= 95% of the clock-adjusted peak, the mma.sync GEMM
+    (its better warp tiling) >= 50% of cuBLAS bf16 at 8192^3 (stretch: 70%)."""
+    of_cublas = percent_of(rows, cublas_gemm.CublasGemm.name, "tflops", same=("precision", "m"))
+    fma = find_row(rows, peak.FMA_FORMATS["fp32"].kernel)
+    mma = [of_cublas[r["label"]] for r in rows if r["workload"] == mma_gemm.MmaGemm.name
+           and r["precision"] == "bf16" and r["params"].get("m") == 8192 and r["label"] in of_cublas]
+    return {"% of cuBLAS": of_cublas,
+            "targets": {"fp32 FMA % of clock-adjusted peak": goal(fma and fma["mfu_clock_pct"], at_least=95),
+                        "mma.sync bf16 8192^3 % of cuBLAS": goal(max(mma, default=None), at_least=50)}}

@@ -7,6 +7,7 @@ the spin turns it into nothing (MFU 0, GPM SM utilization ~1/SMs).
 from __future__ import annotations
 
 from mfugap.kernels import cublas_gemm, spin, stream
+from mfugap.metrics import find_row, goal
 
 LESSON = """GPU-Util near 100% on all three rows says only that a kernel was running: the spin, one
 block on one SM doing no math, reads as busy as the GEMM. MFU separates them (GEMM high, triad ~1%,
@@ -29,3 +30,14 @@ def test_cublas_bf16_gemm(measure, quick):
 def test_spin_one_block(measure):
     """One single-thread block spinning 20 ms per launch: busy by NVML's count, zero model FLOPs."""
     measure(spin.Spin(blocks=1, ms=20.0))
+
+
+def summarize(rows: list[dict]) -> dict:
+    """The foundation issue's targets: triad >= 90% of the datasheet bandwidth, cuBLAS bf16 at 8192^3
+    >= 75% of the dense bf16 peak (a full run: --quick runs 4096^3), the sampler under 1% of a window."""
+    triad = find_row(rows, "stream_triad")
+    gemm = find_row(rows, cublas_gemm.CublasGemm.name, precision="bf16", m=8192)
+    overheads = [r["sampler_overhead_pct"] for r in rows if r["sampler_overhead_pct"] is not None]
+    return {"targets": {"triad MBU %": goal(triad and triad["mbu_pct"], at_least=90),
+                        "cuBLAS bf16 8192^3 MFU %": goal(gemm and gemm["mfu_pct"], at_least=75),
+                        "sampler overhead % (worst row)": goal(max(overheads, default=None), at_most=1)}}

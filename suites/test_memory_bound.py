@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from mfugap.kernels import elementwise, gemv, stream
-from mfugap.metrics import percent_of
+from mfugap.metrics import find_row, goal, percent_of
 from mfugap.plugin import quick_subset
 
 LESSON = """An MFU near 1% is no sign of bad configuration when MBU is high: STREAM kernels and batch-1
@@ -46,8 +46,13 @@ def test_gemv_bf16(measure, gpu, shape):
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Each STREAM kernel's GB/s as a percentage of the vendor's device-to-device memcpy."""
-    return {"% of memcpy GB/s": percent_of(rows, stream.DeviceCopy.NAME, "gbps")}
+    """Each STREAM kernel's GB/s as a percentage of the vendor's device-to-device memcpy, and the
+    kernel issue's targets for the triad: >= 90% of the datasheet bandwidth, within 3% of memcpy."""
+    of_memcpy = percent_of(rows, stream.DeviceCopy.NAME, "gbps")
+    triad = find_row(rows, "stream_triad")
+    return {"% of memcpy GB/s": of_memcpy,
+            "targets": {"triad MBU %": goal(triad and triad["mbu_pct"], at_least=90),
+                        "triad % of memcpy": goal(triad and of_memcpy.get(triad["label"]), at_least=97)}}
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["separate-kernels", "fused"])

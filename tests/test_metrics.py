@@ -100,3 +100,24 @@ def test_percent_of_reference_matches_by_fields_and_params():
     assert metrics.percent_of(rows, "cublas_gemm", "tflops", same=("precision", "m")) == {
         "mma bf16": 50.0, "mma fp16": 75.0}
     assert metrics.percent_of(rows, "nothing", "tflops") == {}
+
+
+def test_goal_says_met_missed_or_not_measured():
+    from mfugap.metrics import goal
+
+    assert goal(93.14, at_least=90) == "93.1 (met: >= 90)"
+    assert goal(71.2, at_least=75) == "71.2 (missed: >= 75)"
+    assert goal(0.4, at_most=1) == "0.4 (met: <= 1)"
+    assert goal(1.5, at_most=1) == "1.5 (missed: <= 1)"
+    assert goal(None, at_least=50) == "not measured"
+
+
+def test_find_row_matches_row_fields_and_params():
+    from mfugap.metrics import find_row
+
+    rows = [{"workload": "g", "precision": "fp16", "params": {"m": 8192}},
+            {"workload": "g", "precision": "bf16", "params": {"m": 4096}},
+            {"workload": "g", "precision": "bf16", "params": {"m": 8192}}]
+    assert find_row(rows, "g", precision="bf16", m=8192) is rows[2]
+    assert find_row(rows, "g") is rows[0]
+    assert find_row(rows, "g", m=1) is None and find_row(rows, "other") is None

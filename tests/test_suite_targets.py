@@ -1,0 +1,50 @@
+"""Each suite's summary reads the issues' GPU targets off its own rows: met, missed, or not measured."""
+from mfugap.kernels import cublas_gemm, mma_gemm, peak, stream
+from mfugap.suites import test_compute_bound, test_foundation, test_gemm_ladder, test_memory_bound
+
+
+def row(workload: str, label: str, precision: str = "fp32", **fields) -> dict:
+    params = {k: fields.pop(k) for k in ("m",) if k in fields}
+    return {"workload": workload, "label": label, "precision": precision, "params": params,
+            "tflops": None, "gbps": None, "mbu_pct": None, "mfu_pct": None, "mfu_clock_pct": None,
+            "sampler_overhead_pct": None, **fields}
+
+
+def test_memory_bound_triad_against_the_datasheet_and_memcpy():
+    rows = [row("stream_triad", "stream_triad n=1", gbps=2950.0, mbu_pct=88.1),
+            row(stream.DeviceCopy.NAME, "memcpy_d2d n=1", gbps=3000.0)]
+    targets = test_memory_bound.summarize(rows)["targets"]
+    assert targets == {"triad MBU %": "88.1 (missed: >= 90)", "triad % of memcpy": "98.3 (met: >= 97)"}
+    assert test_memory_bound.summarize(rows[1:])["targets"]["triad % of memcpy"] == "not measured"
+
+
+def test_foundation_gemm_at_8192_only_and_the_worst_sampler_overhead():
+    rows = [row("stream_triad", "t", mbu_pct=91.0, sampler_overhead_pct=0.2),
+            row(cublas_gemm.CublasGemm.name, "g4", "bf16", m=4096, mfu_pct=60.0, sampler_overhead_pct=1.4),
+            row(cublas_gemm.CublasGemm.name, "g8", "bf16", m=8192, mfu_pct=79.5)]
+    targets = test_foundation.summarize(rows)["targets"]
+    assert targets["triad MBU %"] == "91 (met: >= 90)"
+    assert targets["cuBLAS bf16 8192^3 MFU %"] == "79.5 (met: >= 75)"
+    assert targets["sampler overhead % (worst row)"] == "1.4 (missed: <= 1)"
+    assert test_foundation.summarize(rows[:2])["targets"]["cuBLAS bf16 8192^3 MFU %"] == "not measured"
+
+
+def test_compute_bound_takes_the_better_mma_tiling_at_8192():
+    cublas = cublas_gemm.CublasGemm.name
+    rows = [row(peak.FMA_FORMATS["fp32"].kernel, "fma", mfu_clock_pct=96.2),
+            row(cublas, "cublas bf16 8192", "bf16", m=8192, tflops=700.0),
+            row(mma_gemm.MmaGemm.name, "mma 64x32", "bf16", m=8192, tflops=280.0),
+            row(mma_gemm.MmaGemm.name, "mma 64x64", "bf16", m=8192, tflops=385.0)]
+    targets = test_compute_bound.summarize(rows)["targets"]
+    assert targets == {"fp32 FMA % of clock-adjusted peak": "96.2 (met: >= 95)",
+                       "mma.sync bf16 8192^3 % of cuBLAS": "55 (met: >= 50)"}
+
+
+def test_gemm_ladder_target_counts_register_blocked_rungs_at_4096_only():
+    cublas = cublas_gemm.CublasGemm.name
+    rows = [row(cublas, "cublas 4096", m=4096, tflops=50.0), row(cublas, "cublas 8192", m=8192, tflops=50.0),
+            row("gemm_smem_tiled", "rung 2", m=4096, tflops=45.0),  # not register-blocked: not counted
+            row("gemm_vectorized", "rung 4 at 4096", m=4096, tflops=27.5),
+            row("gemm_warptiled", "rung 5 at 8192", m=8192, tflops=40.0)]  # other size: not counted
+    targets = test_gemm_ladder.summarize(rows)["targets"]
+    assert targets == {"best register-blocked rung 4096^3 % of cuBLAS": "55 (missed: >= 60)"}
