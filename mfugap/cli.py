@@ -183,8 +183,9 @@ def _selftest(args: argparse.Namespace) -> int:
     else:
         # The simulator must be chosen before numba.cuda is first imported, i.e. before the kernels are.
         os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-        print(f"mfugap selftest: no GPU visible ({reason}): running the CPU checks only", file=sys.stderr,
-              flush=True)
+        print(f"mfugap selftest: no GPU visible ({reason}): running the CPU checks only (in a source "
+              "checkout, `pytest tests/test_host_cuda.py` also runs every CUDA C kernel on the CPU)",
+              file=sys.stderr, flush=True)
         modules = selftest.kernel_modules()
         lines = itertools.chain(
             (selftest.Line("skipped", w.label, "needs a GPU")
