@@ -393,20 +393,34 @@ class HostFunction:
             raise HostLaunchError(f"{self.name}: {sanitizer[0].split('runtime error: ', 1)[-1]}")
 
 
+@dataclass
+class GuardedCopy:
+    """One array argument's copy: `band` holds it from byte `front` on, between guards."""
+
+    array: np.ndarray
+    band: np.ndarray
+    where: str  # the kernel parameter, for messages
+    front: int
+    pristine: np.ndarray  # the band as made, to find writes into its guards
+
+    @property
+    def end(self) -> int:
+        return self.front + self.array.nbytes
+
+
 class Guarded:
     """Copies of a launch's array arguments between guard bands, written back after the launch."""
 
     def __init__(self) -> None:
-        self.copies: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, str, int]] = {}
-        self.pristine: list[np.ndarray] = []  # each band as made, to find writes into its guards
+        self.copies: dict[tuple[int, int], GuardedCopy] = {}  # by (address, bytes) of the original
 
     def pointer(self, array: np.ndarray, where: str) -> int:
         start, size = array.ctypes.data, array.nbytes
         key = (start, size)
         if key not in self.copies:
-            for (other, other_size), (_, _, other_where, _) in self.copies.items():
+            for (other, other_size), copy in self.copies.items():
                 if start < other + other_size and other < start + size:
-                    raise HostLaunchError(f"{where} overlaps {other_where} without being the same array")
+                    raise HostLaunchError(f"{where} overlaps {copy.where} without being the same array")
             if len(self.copies) == len(GUARD_PATTERNS):
                 raise HostLaunchError(f"{where}: more array arguments than guard patterns")
             length = size + 2 * GUARD_BYTES + 2 * ALIGNMENT
@@ -415,33 +429,32 @@ class Guarded:
             # the copy starts where the original does modulo ALIGNMENT, after at least GUARD_BYTES
             front = GUARD_BYTES + (start - band.ctypes.data - GUARD_BYTES) % ALIGNMENT
             band[front:front + size] = array.reshape(-1).view(np.uint8)
-            self.copies[key] = (array, band, where, front)
-            self.pristine.append(band.copy())
-        return self.copies[key][1].ctypes.data + self.copies[key][3]
+            self.copies[key] = GuardedCopy(array, band, where, front, band.copy())
+        copy = self.copies[key]
+        return copy.band.ctypes.data + copy.front
 
     def snapshot(self) -> list[np.ndarray]:
-        return [band.copy() for _, band, _, _ in self.copies.values()]
+        return [copy.band.copy() for copy in self.copies.values()]
 
     def restore(self, snapshot: list[np.ndarray]) -> None:
-        for (_, band, _, _), saved in zip(self.copies.values(), snapshot, strict=True):
-            band[:] = saved
+        for copy, saved in zip(self.copies.values(), snapshot, strict=True):
+            copy.band[:] = saved
 
     def differs_from(self, snapshot: list[np.ndarray]) -> str | None:
         """The first argument whose bytes differ from `snapshot`, or None."""
-        for (_, band, where, _), saved in zip(self.copies.values(), snapshot, strict=True):
-            if not np.array_equal(band, saved):
-                return where
+        for copy, saved in zip(self.copies.values(), snapshot, strict=True):
+            if not np.array_equal(copy.band, saved):
+                return copy.where
         return None
 
     def copy_back(self, kernel: str) -> None:
-        for (array, band, where, front), pristine in zip(self.copies.values(), self.pristine, strict=True):
-            end = front + array.nbytes
-            before = int((band[:front] != pristine[:front]).sum())
-            after = int((band[end:] != pristine[end:]).sum())
+        for c in self.copies.values():
+            before = int((c.band[:c.front] != c.pristine[:c.front]).sum())
+            after = int((c.band[c.end:] != c.pristine[c.end:]).sum())
             if before or after:
-                raise HostLaunchError(f"{kernel}: wrote outside {where} ({before} bytes before it, "
+                raise HostLaunchError(f"{kernel}: wrote outside {c.where} ({before} bytes before it, "
                                       f"{after} after)")
-            array.reshape(-1).view(np.uint8)[:] = band[front:end]
+            c.array.reshape(-1).view(np.uint8)[:] = c.band[c.front:c.end]
 
 
 class HostKernels:
