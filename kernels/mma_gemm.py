@@ -13,10 +13,10 @@ k16 step reads 4 A fragments and 2 x 2 B fragments (6 ldmatrix.x4) for 16 mmas. 
 tiles (3 x (8 + 8) KiB = 48 KiB, exactly the static shared-memory limit, so no opt-in attribute) keep two
 tiles in flight while one is computed, with one barrier per step. `__launch_bounds__(256, 2)` caps
 registers at 128 so two blocks share an SM (16 warps to hide latency; 96 KiB of shared memory). Blocks are
-ordered in groups of 8 tile-rows along M (Triton's grouped ordering) so blocks running at once share A and
-B panels in L2. Shared-memory rows are XOR-swizzled at 16-byte granularity instead of padded (padding
-would exceed 48 KiB): each 8-lane phase of an ldmatrix and of the cp.async stores hits 8 distinct bank
-groups.
+ordered in groups of 8 tile-rows along M (Triton's grouped ordering, kernels/tile_order.py) so blocks
+running at once share A and B panels in L2. Shared-memory rows are XOR-swizzled at 16-byte granularity
+instead of padded (padding would exceed 48 KiB): each 8-lane phase of an ldmatrix and of the cp.async
+stores hits 8 distinct bank groups.
 
 Shapes: any M; N and K multiples of 8, so every 16-byte chunk of a row lies wholly inside or outside the
 matrix. Chunks outside are zero-filled by cp.async with src-size 0, and stores outside C are skipped.
@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from mfugap.cuda_source import CudaSource
+from mfugap.kernels import tile_order
 from mfugap.kernels.dense_gemm import DenseGemm
 
 CHUNK_ELEMS = 8  # one 16-byte chunk: the unit of cp.async, of an ldmatrix row and of the swizzle
@@ -167,20 +168,6 @@ MG_HD int acc_row(int warp, int lane, int mi, int r) {
 MG_HD int acc_col(int warp, int lane, int ni, int r) {
     return warp_col0(warp) + 8 * ni + 2 * (lane % 4) + r % 2;
 }
-
-// Block bid's tile of C: groups of MG_GROUP_M tile-rows, walked column by column inside a group, so the
-// blocks resident at once share a few A panels and B panels in L2 (Triton's grouped ordering).
-MG_HD int group_rows(int bid, int tiles_m, int tiles_n) {
-    const int first = bid / (MG_GROUP_M * tiles_n) * MG_GROUP_M;
-    return tiles_m - first < MG_GROUP_M ? tiles_m - first : MG_GROUP_M;
-}
-MG_HD int block_row(int bid, int tiles_m, int tiles_n) {
-    return bid / (MG_GROUP_M * tiles_n) * MG_GROUP_M
-           + bid % (MG_GROUP_M * tiles_n) % group_rows(bid, tiles_m, tiles_n);
-}
-MG_HD int block_col(int bid, int tiles_m, int tiles_n) {
-    return bid % (MG_GROUP_M * tiles_n) / group_rows(bid, tiles_m, tiles_n);
-}
 """
 
 KERNEL_CODE = r"""
@@ -291,8 +278,9 @@ __device__ __forceinline__ void gemm(const elem_t* __restrict__ a, const elem_t*
     __shared__ __align__(128) uint4 b_tiles[MG_STAGES][MG_BK * MG_B_ROW_CHUNKS];
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int tiles_m = (m + MG_BM - 1) / MG_BM, tiles_n = (n + MG_BN - 1) / MG_BN;
-    const int row0 = block_row(blockIdx.x, tiles_m, tiles_n) * MG_BM;
-    const int col0 = block_col(blockIdx.x, tiles_m, tiles_n) * MG_BN;
+    int tile_row, tile_col;
+    grouped_tile(blockIdx.x, tiles_m, tiles_n, MG_GROUP_M, tile_row, tile_col);
+    const int row0 = tile_row * MG_BM, col0 = tile_col * MG_BN;
     const int k_tiles = (k + MG_BK - 1) / MG_BK;
     float acc[MG_MMA_M][MG_MMA_N][4] = {};
 
@@ -351,7 +339,7 @@ mma_gemm_fp16(const elem_t* a, const elem_t* b, elem_t* c, int m, int n, int k) 
 def build(tile: Tile) -> CudaSource:
     """The kernels with `tile` compiled in."""
     kernels = tuple(f"mma_gemm_{p}" for p in PRECISIONS)
-    return CudaSource(tile.defines() + LAYOUT_CODE + KERNEL_CODE, kernels=kernels)
+    return CudaSource(tile.defines() + tile_order.CODE + LAYOUT_CODE + KERNEL_CODE, kernels=kernels)
 
 
 TILE = Tile()
@@ -405,27 +393,9 @@ def acc_col(tile: Tile, warp: Any, lane: Any, ni: Any, r: Any) -> Any:
     return warp_col0(tile, warp) + 8 * ni + 2 * (lane % 4) + r % 2
 
 
-def group_rows(tile: Tile, bid: Any, tiles_m: int, tiles_n: int) -> Any:
-    first = bid // (tile.group_m * tiles_n) * tile.group_m
-    return np.minimum(tiles_m - first, tile.group_m)
-
-
-def block_row(tile: Tile, bid: Any, tiles_m: int, tiles_n: int) -> Any:
-    per_group = tile.group_m * tiles_n
-    return bid // per_group * tile.group_m + bid % per_group % group_rows(tile, bid, tiles_m, tiles_n)
-
-
-def block_col(tile: Tile, bid: Any, tiles_m: int, tiles_n: int) -> Any:
-    return bid % (tile.group_m * tiles_n) // group_rows(tile, bid, tiles_m, tiles_n)
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def grid(tile: Tile, m: int, n: int) -> int:
-    """Blocks to launch: one per tile of C, ordered by block_row/block_col."""
-    return cdiv(m, tile.bm) * cdiv(n, tile.bn)
+    """Blocks to launch: one per tile of C, in tile_order's grouped order."""
+    return tile_order.cdiv(m, tile.bm) * tile_order.cdiv(n, tile.bn)
 
 
 class MmaGemm(DenseGemm):

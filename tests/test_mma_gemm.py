@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mfugap.cuda_source import OFFLINE_ARCHS
-from mfugap.kernels import dense_gemm
+from mfugap.kernels import dense_gemm, tile_order
 from mfugap.kernels import mma_gemm as mg
 from mfugap.kernels.dense_gemm import host_values, nonfinite
 from mfugap.kernels.mma_gemm import TILE, Tile
@@ -27,7 +27,6 @@ TILES = [TILE,
          Tile(bm=128, bn=256, bk=32, warps_m=2, warps_n=4, stages=2, min_blocks=1)]
 TILE_IDS = [f"{t.bm}x{t.bn}x{t.bk}-w{t.warps_m}x{t.warps_n}-s{t.stages}" for t in TILES]
 LANES = np.arange(32)
-BLOCK_GRIDS = ((1, 1), (3, 5), (17, 4), (8, 9), (64, 64))  # (tiles_m, tiles_n) for the block ordering
 
 
 def _index_grid(*sizes: int) -> list[np.ndarray]:
@@ -137,21 +136,6 @@ def test_accumulator_layout_is_the_ptx_isa_c_fragment():
         np.testing.assert_array_equal(mg.acc_col(TILE, 0, LANES, 0, r), 2 * t + r % 2)
 
 
-@pytest.mark.parametrize("tile", TILES, ids=TILE_IDS)
-@pytest.mark.parametrize(("tiles_m", "tiles_n"), BLOCK_GRIDS)
-def test_block_order_visits_every_tile_of_c_once(tile, tiles_m, tiles_n):
-    bid = np.arange(tiles_m * tiles_n)
-    rows, cols = mg.block_row(tile, bid, tiles_m, tiles_n), mg.block_col(tile, bid, tiles_m, tiles_n)
-    assert (rows < tiles_m).all() and (cols < tiles_n).all()
-    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) == tiles_m * tiles_n
-
-
-def test_block_order_groups_tile_rows():
-    """Consecutive blocks stay within group_m tile-rows: the blocks resident at once share A panels."""
-    rows = mg.block_row(TILE, np.arange(64 * 64), 64, 64)
-    assert set(rows[: TILE.group_m * 64].tolist()) == set(range(TILE.group_m))
-
-
 @pytest.mark.parametrize("stages", [2, 3, 4])
 @pytest.mark.parametrize("k_tiles", range(1, 8))
 def test_pipeline_reads_landed_tiles_and_refills_only_finished_stages(stages, k_tiles):
@@ -240,12 +224,12 @@ def _store(tile: Tile, c: np.ndarray, acc: np.ndarray, row0: int, col0: int) -> 
 def emulate(tile: Tile, a: np.ndarray, b: np.ndarray, c: np.ndarray, blocks: int) -> None:
     """The kernel over `blocks` blocks, in float64, writing C's elements where the kernel stores them."""
     (m, k), n = a.shape, b.shape[1]
-    tiles_m, tiles_n = mg.cdiv(m, tile.bm), mg.cdiv(n, tile.bn)
+    tiles_m, tiles_n = tile_order.cdiv(m, tile.bm), tile_order.cdiv(n, tile.bn)
     for bid in range(blocks):
-        row0 = int(mg.block_row(tile, bid, tiles_m, tiles_n)) * tile.bm
-        col0 = int(mg.block_col(tile, bid, tiles_m, tiles_n)) * tile.bn
+        tile_row, tile_col = tile_order.grouped_tile(bid, tiles_m, tiles_n, tile.group_m)
+        row0, col0 = tile_row * tile.bm, tile_col * tile.bn
         acc = np.zeros((tile.warps_m * tile.warps_n, 32, tile.mma_m, tile.mma_n, 4))
-        for kt in range(mg.cdiv(k, tile.bk)):
+        for kt in range(tile_order.cdiv(k, tile.bk)):
             a_smem = _fill_stage(tile, a, tile.bm, tile.a_row_chunks, tile.a_loads, row0, kt * tile.bk)
             b_smem = _fill_stage(tile, b, tile.bk, tile.b_row_chunks, tile.b_loads, kt * tile.bk, col0)
             _mma_stage(tile, acc, a_smem, b_smem)
@@ -300,11 +284,6 @@ int main() {
     for (int w = 0; w < MG_WARPS_M * MG_WARPS_N; ++w) for (int l = 0; l < 32; ++l)
         for (int mi = 0; mi < MG_MMA_M; ++mi) for (int ni = 0; ni < MG_MMA_N; ++ni)
             for (int r = 0; r < 4; ++r) { put(acc_row(w, l, mi, r)); put(acc_col(w, l, ni, r)); }
-    table("blocks");
-    const int grids[][2] = {GRIDS};
-    for (const auto& g : grids) for (int b = 0; b < g[0] * g[1]; ++b) {
-        put(block_row(b, g[0], g[1])); put(block_col(b, g[0], g[1]));
-    }
     std::printf("\n");
 }
 """
@@ -326,18 +305,12 @@ def _model_tables(tile: Tile) -> dict[str, np.ndarray]:
     tables["lane"] = _pairs(mg.lane_row(LANES), mg.lane_chunk(LANES))
     warp, lane, mi, ni, r = _index_grid(tile.warps_m * tile.warps_n, 32, tile.mma_m, tile.mma_n, 4)
     tables["acc"] = _pairs(mg.acc_row(tile, warp, lane, mi, r), mg.acc_col(tile, warp, lane, ni, r))
-    blocks = []
-    for tm, tn in BLOCK_GRIDS:
-        bid = np.arange(tm * tn)
-        blocks.append(_pairs(mg.block_row(tile, bid, tm, tn), mg.block_col(tile, bid, tm, tn)))
-    tables["blocks"] = np.concatenate(blocks)
     return tables
 
 
 def _host_tables(tile: Tile, workdir) -> dict[str, np.ndarray]:
-    grids = ", ".join(f"{{{tm}, {tn}}}" for tm, tn in BLOCK_GRIDS)
     src = workdir / "layout.cpp"
-    src.write_text(tile.defines() + mg.LAYOUT_CODE + _DRIVER.replace("GRIDS", grids))
+    src.write_text(tile.defines() + mg.LAYOUT_CODE + _DRIVER)
     exe = workdir / "layout"
     subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-o", str(exe), str(src)], check=True)
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout

@@ -25,6 +25,7 @@ from numba import cuda
 import mfugap.kernels.gemm
 from mfugap.cuda_source import CompileReport, CudaSource, parse_ptxas_log
 from mfugap.kernels.dense_gemm import DenseGemm
+from mfugap.kernels.tile_order import cdiv
 from mfugap.verify import TOLERANCE, check_close
 from mfugap.workload import Check
 
@@ -71,26 +72,6 @@ def rungs() -> list[Rung]:
     return sorted(found, key=lambda r: r.number)
 
 
-# CUDA C the CUDA C rungs share. Blocks of a 1-D grid in groups of `group_m` tile-rows, walked column by
-# column within a group (Triton's grouped ordering), so the blocks resident at once share panels of A
-# and B in L2; a short last group holds the rows that are left.
-TILE_ORDER_CODE = r"""
-__device__ __forceinline__ void grouped_tile(int bid, int m, int n, int bm, int bn, int group_m,
-                                             int& row0, int& col0) {
-    const int tiles_m = (m + bm - 1) / bm, tiles_n = (n + bn - 1) / bn;
-    const int per_group = group_m * tiles_n;
-    const int first = bid / per_group * group_m;
-    const int rows_in_group = min(tiles_m - first, group_m);
-    row0 = (first + bid % per_group % rows_in_group) * bm;
-    col0 = bid % per_group / rows_in_group * bn;
-}
-"""
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 VECTOR = 4  # floats per 16-byte access: a CUDA C rung's N and K are multiples of it
 
 
@@ -100,7 +81,8 @@ def c_defines(**constants: int) -> str:
 
 
 def grouped_launch(bm: int, bn: int, threads: int) -> Callable[[int, int], tuple[Dims, Dims]]:
-    """Launch configuration of a rung using TILE_ORDER_CODE: one block per bm x bn tile of C, 1-D grid."""
+    """Launch configuration of a rung ordering its blocks with tile_order.CODE: one block per bm x bn tile
+    of C, in a 1-D grid."""
     def launch_config(m: int, n: int) -> tuple[Dims, Dims]:
         return (cdiv(m, bm) * cdiv(n, bn),), (threads,)
     return launch_config

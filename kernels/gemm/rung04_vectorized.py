@@ -11,7 +11,7 @@ in steps of 8:
 - A thread's 8 rows and 8 columns are two groups of 4, 64 apart, so each 8-lane phase of a warp's float4
   reads of B covers 128 consecutive bytes (no bank conflict; its reads of A are broadcasts) and its C
   stores are 256-byte runs.
-- Blocks are ordered in groups of GROUP_M tile-rows (ladder.TILE_ORDER_CODE) so the blocks running at
+- Blocks are ordered in groups of GROUP_M tile-rows (tile_order.CODE) so the blocks running at
   once share panels of A and B in L2.
 64 FMAs per 4 shared loads (16 per load, rung 3 has 4). Any M; N and K multiples of 4, so every 16-byte
 vector lies wholly inside or outside a matrix: vectors outside read zeros and stores outside C are
@@ -24,7 +24,8 @@ on the host (tests/host_cuda.py) on ragged shapes. Its GPU numbers come after it
 from __future__ import annotations
 
 from mfugap.cuda_source import CudaSource
-from mfugap.kernels.gemm.ladder import TILE_ORDER_CODE, VECTOR, Rung, c_defines, grouped_launch
+from mfugap.kernels import tile_order
+from mfugap.kernels.gemm.ladder import VECTOR, Rung, c_defines, grouped_launch
 
 BM = BN = 128  # C tile of one block
 BK = 8  # K per step
@@ -33,7 +34,7 @@ A_PAD = 4  # floats added to each transposed A row: conflict-free stores, rows s
 GROUP_M = 8  # tile-rows per group in the block ordering
 
 SOURCE = CudaSource(c_defines(BM=BM, BN=BN, BK=BK, THREADS=THREADS, A_PAD=A_PAD, GROUP_M=GROUP_M)
-                    + TILE_ORDER_CODE + r"""
+                    + tile_order.CODE + r"""
 // Row-major A[M,K], B[K,N], C[M,N] in fp32; N % 4 == 0 and K % 4 == 0.
 extern "C" __global__ void __launch_bounds__(THREADS, 2)
 sgemm_vectorized(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
@@ -41,8 +42,9 @@ sgemm_vectorized(const float* __restrict__ A, const float* __restrict__ B, float
     __shared__ __align__(16) float As[2][BK][BM + A_PAD];
     __shared__ __align__(16) float Bs[2][BK][BN];
 
-    int row0, col0;
-    grouped_tile(blockIdx.x, M, N, BM, BN, GROUP_M, row0, col0);
+    int tile_row, tile_col;
+    grouped_tile(blockIdx.x, (M + BM - 1) / BM, (N + BN - 1) / BN, GROUP_M, tile_row, tile_col);
+    const int row0 = tile_row * BM, col0 = tile_col * BN;
 
     const int tid = threadIdx.x;
     const int trow = tid / 16, tcol = tid % 16;  // this thread's rows trow*4 + {0..3} (+64), same for columns

@@ -22,7 +22,8 @@ on the host (tests/host_cuda.py) on ragged shapes. Its GPU numbers come after it
 from __future__ import annotations
 
 from mfugap.cuda_source import CudaSource
-from mfugap.kernels.gemm.ladder import TILE_ORDER_CODE, VECTOR, Rung, c_defines, grouped_launch
+from mfugap.kernels import tile_order
+from mfugap.kernels.gemm.ladder import VECTOR, Rung, c_defines, grouped_launch
 
 BM = BN = 128  # C tile of one block
 BK = 16  # K per step
@@ -33,15 +34,16 @@ GROUP_M = 8
 
 SOURCE = CudaSource(c_defines(BM=BM, BN=BN, BK=BK, WARP_M=WARP_M, WARP_N=WARP_N, THREADS=THREADS,
                               STRIPS=STRIPS, GROUP_M=GROUP_M)
-                    + TILE_ORDER_CODE + r"""
+                    + tile_order.CODE + r"""
 // Row-major A[M,K], B[K,N], C[M,N] in fp32; N % 4 == 0 and K % 4 == 0.
 extern "C" __global__ void __launch_bounds__(THREADS, 2)
 sgemm_warptiled(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
                 int M, int N, int K) {
     __shared__ __align__(16) float As[2][BK][BM];  // transposed; stores by consecutive threads: no padding
     __shared__ __align__(16) float Bs[2][BK][BN];
-    int row0, col0;
-    grouped_tile(blockIdx.x, M, N, BM, BN, GROUP_M, row0, col0);
+    int tile_row, tile_col;
+    grouped_tile(blockIdx.x, (M + BM - 1) / BM, (N + BN - 1) / BN, GROUP_M, tile_row, tile_col);
+    const int row0 = tile_row * BM, col0 = tile_col * BN;
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int rows = (warp / 2) * WARP_M + (lane / 4) * 8;    // this thread's 8 rows of the block tile
