@@ -1,4 +1,4 @@
-"""Command line: `mfugap run | report | specs | mig | selftest | trace`.
+"""Command line: `mfugap run | report | plot | specs | mig | selftest | trace`.
 
 Exit codes: 0 ok; 1 a case failed or a results file could not be read; 2 bad usage or unknown name;
 3 no GPU visible (the reason is printed, with the recorded tables); 130 interrupted.
@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="mfugap", description="GPU utilization vs Model FLOP Utilization")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{run,report,specs,mig,selftest,trace}")
+                                metavar="{run,report,plot,specs,mig,selftest,trace}")
 
     run = sub.add_parser("run", help="run the GPU suites, print the table, save the results")
     run.add_argument("--quick", action="store_true", help="fewer cases, smaller sizes, 0.8 s windows")
@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="print the tables of every results file")
     report.add_argument("--results-dir", type=Path, help="folder to read (default: the checkout's results/)")
     report.add_argument("--format", choices=REPORT_FORMATS, default="table")
+
+    plot = sub.add_parser("plot", help="draw each GPU's gap and roofline charts from every results file")
+    plot.add_argument("--results-dir", type=Path, help="folder to read (default: the checkout's results/)")
+    plot.add_argument("--out", type=Path, help="where <gpu>/gap.svg and <gpu>/roofline.svg go "
+                                               "(default: the results folder)")
+    plot.add_argument("--format", choices=("svg", "png"), default="svg")
 
     specs = sub.add_parser("specs", help="print the hardware catalog, or one GPU's entry")
     specs.add_argument("name", nargs="?", help='NVML name, e.g. "NVIDIA H100 80GB HBM3" or "... MIG 1g.10gb"')
@@ -77,8 +83,8 @@ def _phase_seconds(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _run, "report": _report, "specs": _specs, "mig": _mig, "selftest": _selftest,
-                    "trace": _trace}
+        commands = {"run": _run, "report": _report, "plot": _plot, "specs": _specs, "mig": _mig,
+                    "selftest": _selftest, "trace": _trace}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("mfugap: interrupted", file=sys.stderr)
@@ -132,6 +138,26 @@ def _report(args: argparse.Namespace) -> int:
         print(render_runs([run for _, run in runs], args.format))
     elif not errors:
         print(f"mfugap report: no results under {folder}", file=sys.stderr)
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from mfugap.plugin import default_results_dir
+    from mfugap.results import load_runs
+
+    try:
+        from mfugap import plot
+    except ImportError as exc:  # matplotlib is an optional extra
+        print(f"mfugap plot: needs matplotlib ({exc}): pip install -e \".[plots]\"", file=sys.stderr)
+        return EXIT_USAGE
+    folder = args.results_dir or default_results_dir()
+    runs, errors = load_runs(folder)
+    for error in errors:
+        print(f"mfugap plot: {error}", file=sys.stderr)
+    if not runs and not errors:
+        print(f"mfugap plot: no results under {folder}", file=sys.stderr)
+    for path in plot.write_charts([run for _, run in runs], args.out or folder, args.format):
+        print(f"mfugap plot: wrote {path}")
     return EXIT_FAILED if errors else EXIT_OK
 
 

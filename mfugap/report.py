@@ -143,7 +143,8 @@ def render_runs(runs: list[dict], fmt: str = "table") -> str:
     return _RENDERERS[fmt](runs)
 
 
-def _by_gpu(runs: list[dict]) -> list[list[dict]]:
+def by_gpu(runs: list[dict]) -> list[list[dict]]:
+    """Runs grouped by GPU name, in the order the names first appear."""
     groups: dict[str, list[dict]] = {}
     for run in runs:
         groups.setdefault(run["gpu"]["name"], []).append(run)
@@ -204,7 +205,7 @@ def _distinct(values: list[str]) -> str:
     return " or ".join(dict.fromkeys(values))
 
 
-def _title(group: list[dict]) -> str:
+def title(group: list[dict]) -> str:
     """GPU, driver, SMs, the denominators of MFU and MBU, and the date and commit of each run."""
     gpus = [run["gpu"] for run in group]
 
@@ -245,7 +246,7 @@ def _plain_gpu(group: list[dict]) -> str:
     rows = [row for chunk_rows, _ in chunks for row in chunk_rows]
     lines = tabulate(rows, _headers(), tablefmt="simple", disable_numparse=True,
                      colalign=_align()).splitlines()
-    out, body = [_title(group), *lines[:2]], iter(lines[2:])
+    out, body = [title(group), *lines[:2]], iter(lines[2:])
     for chunk_rows, lesson in chunks:
         out += [next(body) for _ in chunk_rows]
         if lesson:
@@ -255,7 +256,7 @@ def _plain_gpu(group: list[dict]) -> str:
 
 def _markdown_gpu(group: list[dict]) -> str:
     """A ### title, then a table per lesson boundary: Markdown cannot put text between table rows."""
-    parts = [f"### {_title(group)}"]
+    parts = [f"### {title(group)}"]
     for chunk_rows, lesson in _chunks(group):
         escaped = [[cell.replace("|", r"\|") for cell in row] for row in chunk_rows]
         parts.append(tabulate(escaped, _headers(), tablefmt="github", disable_numparse=True,
@@ -276,7 +277,7 @@ def _markdown_legend() -> str:
 
 
 def _text_report(runs: list[dict], gpu_block: Callable[[list[dict]], str], legend_block: str) -> str:
-    blocks = [gpu_block(group) for group in _by_gpu(runs)] or ["no runs"]
+    blocks = [gpu_block(group) for group in by_gpu(runs)] or ["no runs"]
     return "\n\n".join([*blocks, legend_block]) + "\n"
 
 
