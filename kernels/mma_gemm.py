@@ -339,7 +339,8 @@ mma_gemm_fp16(const elem_t* a, const elem_t* b, elem_t* c, int m, int n, int k) 
 def build(tile: Tile) -> CudaSource:
     """The kernels with `tile` compiled in."""
     kernels = tuple(f"mma_gemm_{p}" for p in PRECISIONS)
-    return CudaSource(tile.defines() + tile_order.CODE + LAYOUT_CODE + KERNEL_CODE, kernels=kernels)
+    return CudaSource(tile.defines() + tile_order.CODE + LAYOUT_CODE + KERNEL_CODE, kernels=kernels,
+                      min_compute_capability=(8, 0))  # mma.sync bf16, cp.async
 
 
 TILE = Tile()
@@ -404,6 +405,7 @@ class MmaGemm(DenseGemm):
 
     name = "gemm_mma_sync"
     precisions = tuple(PRECISIONS)
+    min_compute_capability = SOURCE.min_compute_capability
 
     def __init__(self, m: int, n: int, k: int, precision: str = "bf16", l2_bytes: int | None = None,
                  warp_tile: str = "64x32") -> None:

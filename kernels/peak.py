@@ -57,14 +57,18 @@ E = 2.0**-4  # the Minsky step; a power of two keeps every product exact
 MAX_FMA_STEPS = 1 << 16  # tests run the host simulation this far and find every orbit bounded
 MMA_ACC_LIMIT = 2.0**20  # below this, multiples of 1/16 fit fp32's 24-bit significand exactly
 
-SOURCE = CudaSource(f"""
+_CONSTANTS = f"""
 #define THREADS {THREADS}
 #define BLOCKS_PER_SM {BLOCKS_PER_SM}
 #define OSCILLATORS {OSCILLATORS}
 #define UNROLL {UNROLL}
 #define MMA_SETS {MMA_SETS}
 #define MMA_UNROLL {MMA_UNROLL}
-""" + r"""
+"""
+
+# The FMA loops build for every GPU in the catalog; the mma loop needs sm_80, so it has a source of its own
+# and an older GPU still measures its FMA peaks.
+FMA_SOURCE = CudaSource(_CONSTANTS + r"""
 #include <cuda_fp16.h>
 
 __device__ __forceinline__ float fma_(float a, float b, float c) { return fmaf(a, b, c); }
@@ -123,7 +127,9 @@ peak_fma_f64(double* out, float e, int trips) { minsky<double, 1>(out, e, trips)
 
 extern "C" __global__ void __launch_bounds__(THREADS, BLOCKS_PER_SM)
 peak_fma_f16x2(__half2* out, float e, int trips) { minsky<__half2, 2>(out, e, trips); }
+""", kernels=("peak_fma_f32", "peak_fma_f64", "peak_fma_f16x2"))
 
+MMA_SOURCE = CudaSource(_CONSTANTS + r"""
 // bf16 value number `slot` of this lane (A: 0..7, B: 8..11): 1 + j/4, bits 0x3F80 + 0x20*j, j mixing lane
 // bits so that A @ B differs from element to element and no two fragment registers are equal.
 __device__ __forceinline__ unsigned bf16_operand(int lane, int slot) {
@@ -170,7 +176,7 @@ peak_mma_bf16(float4* out, int trips) {
     }
     out[blockIdx.x * blockDim.x + threadIdx.x] = acc;
 }
-""", kernels=("peak_fma_f32", "peak_fma_f64", "peak_fma_f16x2", "peak_mma_bf16"))
+""", kernels=("peak_mma_bf16",), min_compute_capability=(8, 0))
 
 
 @dataclass(frozen=True)
@@ -382,9 +388,9 @@ class FmaPeak(_RegisterLoop):
     def launch(self, stream: Any) -> None:
         import cupy
 
-        SOURCE.function(self.format.kernel)((self.params["blocks"],), (THREADS,),
-                                            (self.buf["out"], cupy.float32(E), cupy.int32(self.trips)),
-                                            stream=stream)
+        FMA_SOURCE.function(self.format.kernel)((self.params["blocks"],), (THREADS,),
+                                                (self.buf["out"], cupy.float32(E), cupy.int32(self.trips)),
+                                                stream=stream)
 
     def _expected(self) -> np.ndarray:
         return fma_reference(self.precision, self.params["steps"])
@@ -395,6 +401,7 @@ class MmaPeak(_RegisterLoop):
 
     name = "peak_mma_bf16"
     precision = "bf16"
+    min_compute_capability = MMA_SOURCE.min_compute_capability
 
     def __init__(self, sm_count: int, steps: int = 1 << 13) -> None:
         super().__init__(sm_count, steps, MMA_UNROLL, max_mma_steps())
@@ -413,8 +420,8 @@ class MmaPeak(_RegisterLoop):
     def launch(self, stream: Any) -> None:
         import cupy
 
-        SOURCE.function("peak_mma_bf16")((self.params["blocks"],), (THREADS,),
-                                         (self.buf["out"], cupy.int32(self.trips)), stream=stream)
+        MMA_SOURCE.function("peak_mma_bf16")((self.params["blocks"],), (THREADS,),
+                                             (self.buf["out"], cupy.int32(self.trips)), stream=stream)
 
     def _expected(self) -> np.ndarray:
         return mma_reference(self.params["steps"])

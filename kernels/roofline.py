@@ -125,7 +125,7 @@ roofline_bf16(const uint4* __restrict__ in, uint4* __restrict__ out, long long t
         out[32 * t + lane] = (t & (group - 1)) == 0 ? mma_tile(v, pairs) : v;
     }
 }
-""", kernels=("roofline_bf16",))
+""", kernels=("roofline_bf16",), min_compute_capability=(8, 0))
 
 
 def _checked(intensity: float) -> float:
@@ -303,6 +303,7 @@ class Bf16Roofline(_RooflinePoint):
     name = "roofline_bf16"
     precision = "bf16"
     source = BF16_SOURCE
+    min_compute_capability = BF16_SOURCE.min_compute_capability
     poison_value = BF16_NAN
 
     def __init__(self, intensity: float, input_bytes: int, sm_count: int) -> None:

@@ -205,7 +205,9 @@ def _selftest(args: argparse.Namespace) -> int:
     if reason is None:
         import cupy  # the catalog is not needed to check kernels, so an unknown GPU can be checked too
 
-        lines = selftest.gpu_lines(selftest.kernel_modules(), cupy.cuda.Stream(non_blocking=True))
+        capability = cupy.cuda.Device().compute_capability  # e.g. "90"
+        lines = selftest.gpu_lines(selftest.kernel_modules(), cupy.cuda.Stream(non_blocking=True),
+                                   compute_capability=(int(capability[:-1]), int(capability[-1])))
     else:
         # The simulator must be chosen before numba.cuda is first imported, i.e. before the kernels are.
         os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")

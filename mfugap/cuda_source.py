@@ -40,11 +40,15 @@ class CudaSource:
     """A CUDA C translation unit whose `extern "C"` kernels are named in `kernels`."""
 
     def __init__(self, code: str, kernels: tuple[str, ...], *, std: str = "c++17",
-                 may_spill: tuple[str, ...] = ()) -> None:
+                 may_spill: tuple[str, ...] = (), min_compute_capability: tuple[int, int] = (0, 0)) -> None:
         self.code = code
         self.kernels = kernels
         self.std = std
         self.may_spill = may_spill  # kernels where a spill is acceptable; for all others it is a bug
+        # the oldest architecture the code builds for, e.g. (8, 0) for mma.sync, ldmatrix and cp.async;
+        # (0, 0): any the toolkit supports. tests/test_cuda_sources.py checks it is neither too low nor
+        # too high.
+        self.min_compute_capability = min_compute_capability
         self._functions: dict[tuple[str, int], Any] = {}
         _REGISTRY.append(self)
 

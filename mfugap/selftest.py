@@ -16,7 +16,7 @@ from typing import Any
 
 import mfugap.kernels
 from mfugap.cuda_source import OFFLINE_ARCHS, registered
-from mfugap.measure import context_broken, verify
+from mfugap.measure import context_broken, too_old, verify
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,16 @@ def import_lines() -> Iterator[Line]:
             yield Line("skipped", name, f'cannot import ({module}): pip install -e ".[cuda12]" or ".[test]"')
 
 
-def gpu_lines(modules: list[ModuleType], stream: Any,
+def gpu_lines(modules: list[ModuleType], stream: Any, compute_capability: tuple[int, int] | None = None,
               broken: Callable[[], str | None] = context_broken) -> Iterator[Line]:
-    """Every kernel family's cases on the GPU, until one leaves the CUDA context unusable."""
+    """Every kernel family's cases on the GPU (skipping those too new for its compute capability), until
+    one leaves the CUDA context unusable."""
     for module in modules:
         for workload in getattr(module, "selftest_cases", list)():
+            reason = too_old(workload, compute_capability)
+            if reason:
+                yield Line("skipped", workload.row_label, reason)
+                continue
             line = run_case(workload, stream)
             yield line
             reason = broken() if line.status == "failed" else None

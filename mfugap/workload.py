@@ -43,6 +43,9 @@ class Workload(ABC):
     # the timing. False where launch() does host work between GPU work (sleeps, syncs, timers) or where
     # launching from Python one by one is the point.
     graphable: bool = True
+    # The oldest GPU architecture (major, minor) the case runs on: what its PTX or library call needs.
+    # On an older GPU the harness skips the case and says so, instead of failing to compile it there.
+    min_compute_capability: tuple[int, int] = (0, 0)
 
     def annotate(self, **notes: Any) -> Workload:
         """Add facts about this case (waves, a slice, an expected value) to its row's params and label.

@@ -1,10 +1,12 @@
-"""Every CUDA C kernel compiles with NVRTC for sm_80 and sm_90 without a GPU, and does not spill."""
+"""Every CUDA C kernel compiles with NVRTC for sm_80 and sm_90 without a GPU, and does not spill; and for
+the oldest GPU its declared compute capability allows, but not for one older."""
 import importlib
 import pkgutil
 
 import pytest
 
 import mfugap.kernels
+from mfugap import catalog
 from mfugap.cuda_source import OFFLINE_ARCHS, parse_ptxas_log, registered
 
 for info in pkgutil.walk_packages(mfugap.kernels.__path__, prefix="mfugap.kernels."):
@@ -34,6 +36,41 @@ def test_compiles_without_spills(source, arch):
         assert k.registers > 0
         if name not in source.may_spill:
             assert (k.spill_stores, k.spill_loads) == (0, 0), f"{name} spills on {arch}"
+
+
+def _supported_archs() -> list[tuple[int, int]]:
+    """The architectures this NVRTC compiles for, oldest first (CUDA 13 dropped everything before 7.5)."""
+    from cuda.bindings import nvrtc
+
+    status, archs = nvrtc.nvrtcGetSupportedArchs()
+    assert status == nvrtc.nvrtcResult.NVRTC_SUCCESS
+    return sorted(divmod(a, 10) for a in archs)
+
+
+OLDEST_GPU = min(spec.compute_capability for spec in catalog.catalog())  # V100, 7.0
+
+
+def _sm(cc: tuple[int, int]) -> str:
+    return f"sm_{cc[0]}{cc[1]}"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda s: "+".join(s.kernels))
+def test_builds_for_the_oldest_gpu_its_requirement_allows(source):
+    """A source without a requirement builds for every GPU in the catalog NVRTC still supports, so the
+    harness never has to skip it; one with a requirement builds at it."""
+    oldest = max(source.min_compute_capability, OLDEST_GPU, _supported_archs()[0])
+    assert set(source.kernels) <= set(_compiled(source, _sm(oldest)).kernels)
+
+
+@pytest.mark.parametrize("source", [s for s in SOURCES if s.min_compute_capability > OLDEST_GPU],
+                         ids=lambda s: "+".join(s.kernels))
+def test_a_declared_requirement_is_real(source):
+    """One supported architecture below the requirement the source does not build: the cases that use
+    it are skipped on such GPUs for a reason, not by caution."""
+    below = [cc for cc in _supported_archs() if OLDEST_GPU <= cc < source.min_compute_capability]
+    assert below, "no older architecture to try"
+    with pytest.raises(RuntimeError, match="NVRTC failed"):
+        source.compile_offline(_sm(below[-1]))
 
 
 @pytest.mark.parametrize("arch", OFFLINE_ARCHS)

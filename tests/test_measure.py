@@ -152,6 +152,25 @@ def test_a_case_that_does_not_fit_is_skipped_with_the_reason():
     assert row["reason"] == "needs 12.0 GiB, 1.0 GiB free"
 
 
+class AmpereAxpy(Axpy):
+    min_compute_capability = (8, 0)
+
+
+@pytest.mark.parametrize(("gpu", "runs"), [((7, 5), False), ((8, 0), True), ((9, 0), True), (None, True)])
+def test_a_case_too_new_for_the_gpu_is_skipped_before_anything_runs(gpu, runs):
+    clock = _clock()
+    ctx = FakeContext(clock)
+    ctx.device.compute_capability = gpu  # None: discovery could not tell, so the case is tried
+    w = AmpereAxpy(1001, clock)
+    row = measure(w, ctx, TINY, suite="demo")
+    if runs:
+        assert row["status"] == "ok"
+        return
+    assert row["status"] == "skipped"
+    assert row["reason"] == "needs compute capability 8.0 or newer; this GPU is 7.5"
+    assert not w.torn_down and clock.created == 0, "nothing was set up, verified or timed"
+
+
 def test_an_exception_becomes_a_one_line_error_row():
     clock = _clock()
     w = Axpy(10, clock, fail_in_setup=True)

@@ -202,7 +202,8 @@ def test_mma_step_limit_keeps_every_accumulator_exact():
 @pytest.fixture
 def kernels(monkeypatch):
     recorder = Recorder()
-    monkeypatch.setattr(peak.SOURCE, "function", recorder)
+    monkeypatch.setattr(peak.FMA_SOURCE, "function", recorder)
+    monkeypatch.setattr(peak.MMA_SOURCE, "function", recorder)
     return recorder
 
 
@@ -225,7 +226,7 @@ def test_fma_launch_fills_the_gpu_with_one_thread_per_output(precision, fake_cup
     assert (name, grid, block, kwargs) == (w.format.kernel, (8,), (256,), {"stream": "stream"})
     out, e, trips = args
     assert out is w.buf["out"] and (e, trips) == (np.float32(peak.E), 3) and type(trips) is np.int32
-    assert name in peak.SOURCE.kernels
+    assert name in peak.FMA_SOURCE.kernels
 
 
 def test_mma_launch_fills_the_gpu_with_one_thread_per_output(fake_cupy, kernels):
@@ -262,9 +263,12 @@ def test_check_is_exact_for_every_thread(make, fake_cupy):
 # ---- the compiled loops
 
 
+SOURCES = {"fma": peak.FMA_SOURCE, "mma": peak.MMA_SOURCE}
+
+
 @cache
-def _compiled(arch: str) -> CompileReport:
-    return peak.SOURCE.compile_offline(arch)
+def _compiled(source: str, arch: str) -> CompileReport:
+    return SOURCES[source].compile_offline(arch)
 
 
 def _kernel_ptx(ptx: str, name: str) -> str:
@@ -290,7 +294,7 @@ MEMORY = r"\b(?:ld|st)\.(?:global|shared|local)"
 @pytest.mark.parametrize("arch", OFFLINE_ARCHS)
 @pytest.mark.parametrize("kernel", sorted(FMA_INSTRUCTIONS))
 def test_fma_loop_is_unrolled_register_only_math(kernel, arch):
-    loop, rest = _loop_and_rest(_kernel_ptx(_compiled(arch).ptx, kernel))
+    loop, rest = _loop_and_rest(_kernel_ptx(_compiled("fma", arch).ptx, kernel))
     fma = FMA_INSTRUCTIONS[kernel]
     assert len(re.findall(fma, loop)) == 2 * peak.OSCILLATORS * peak.UNROLL
     assert not re.findall(fma, rest), "FMAs outside the loop would count FLOPs the formula ignores"
@@ -300,7 +304,7 @@ def test_fma_loop_is_unrolled_register_only_math(kernel, arch):
 
 @pytest.mark.parametrize("arch", OFFLINE_ARCHS)
 def test_mma_loop_is_unrolled_register_only_math(arch):
-    loop, rest = _loop_and_rest(_kernel_ptx(_compiled(arch).ptx, "peak_mma_bf16"))
+    loop, rest = _loop_and_rest(_kernel_ptx(_compiled("mma", arch).ptx, "peak_mma_bf16"))
     mma = r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32\s"
     assert len(re.findall(mma, loop)) == peak.MMA_SETS * peak.MMA_UNROLL
     assert not re.findall(mma, rest)
@@ -309,9 +313,10 @@ def test_mma_loop_is_unrolled_register_only_math(arch):
 
 
 @pytest.mark.parametrize("arch", OFFLINE_ARCHS)
-def test_everything_stays_in_registers_at_the_planned_occupancy(arch):
-    kernels = _compiled(arch).kernels
-    for name in peak.SOURCE.kernels:
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_everything_stays_in_registers_at_the_planned_occupancy(source, arch):
+    kernels = _compiled(source, arch).kernels
+    for name in SOURCES[source].kernels:
         k = kernels[name]
         assert k.registers <= 65536 // (peak.THREADS * peak.BLOCKS_PER_SM), name
         assert (k.spill_stores, k.spill_loads, k.stack_bytes) == (0, 0, 0), name

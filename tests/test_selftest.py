@@ -103,6 +103,18 @@ def test_gpu_lines_stop_once_a_kernel_breaks_the_cuda_context():
     assert lines[2].name == "(the rest)" and "axpy n=12 left the CUDA context broken" in lines[2].detail
 
 
+def test_gpu_lines_skip_a_case_too_new_for_the_gpu():
+    from types import ModuleType
+
+    from tests.test_measure import AmpereAxpy
+
+    family = ModuleType("family")
+    family.selftest_cases = lambda: [AmpereAxpy(11, _clock()), Axpy(12, _clock())]
+    lines = list(selftest.gpu_lines([family], STREAM, compute_capability=(7, 5), broken=lambda: None))
+    assert [(line.status, line.name) for line in lines] == [("skipped", "axpy n=11"), ("ok", "axpy n=12")]
+    assert lines[0].detail == "needs compute capability 8.0 or newer; this GPU is 7.5"
+
+
 def test_gpu_lines_go_on_after_a_failure_that_leaves_the_context_usable():
     from types import ModuleType
 
