@@ -146,20 +146,10 @@ def context_broken() -> str | None:
     return None
 
 
-def too_old(workload: Workload, compute_capability: tuple[int, int] | None) -> str | None:
-    """Why the case cannot run on a GPU of this compute capability, or None (also when it is unknown:
-    then the case is tried)."""
-    need = workload.min_compute_capability
-    if compute_capability is None or tuple(compute_capability) >= tuple(need):
-        return None
-    return (f"needs compute capability {need[0]}.{need[1]} or newer; this GPU is "
-            f"{compute_capability[0]}.{compute_capability[1]}")
-
-
 def measure(workload: Workload, ctx: GpuContext, config: WindowConfig, suite: str) -> dict:
     """Measure one workload and return its row (mfugap.schema); never raises for a failing case."""
     row = _identity(workload, suite)
-    reason = too_old(workload, ctx.device.compute_capability)
+    reason = workload.unavailable(ctx.device.compute_capability)
     if reason:
         return _skipped(row, reason)
     need, free = workload.footprint_bytes(), ctx.free_bytes()

@@ -16,7 +16,7 @@ from typing import Any
 
 import mfugap.kernels
 from mfugap.cuda_source import OFFLINE_ARCHS, registered
-from mfugap.measure import context_broken, too_old, verify
+from mfugap.measure import context_broken, verify
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,11 @@ def import_lines() -> Iterator[Line]:
 
 def gpu_lines(modules: list[ModuleType], stream: Any, compute_capability: tuple[int, int] | None = None,
               broken: Callable[[], str | None] = context_broken) -> Iterator[Line]:
-    """Every kernel family's cases on the GPU (skipping those too new for its compute capability), until
-    one leaves the CUDA context unusable."""
+    """Every kernel family's cases on the GPU (skipping those that cannot run here, with the reason),
+    until one leaves the CUDA context unusable."""
     for module in modules:
         for workload in getattr(module, "selftest_cases", list)():
-            reason = too_old(workload, compute_capability)
+            reason = workload.unavailable(compute_capability)
             if reason:
                 yield Line("skipped", workload.row_label, reason)
                 continue

@@ -47,6 +47,16 @@ class Workload(ABC):
     # On an older GPU the harness skips the case and says so, instead of failing to compile it there.
     min_compute_capability: tuple[int, int] = (0, 0)
 
+    def unavailable(self, compute_capability: tuple[int, int] | None) -> str | None:
+        """Why the case cannot run here, or None. Here: a GPU older than `min_compute_capability` (an
+        unknown capability is tried). A family whose toolchain can be broken in an environment adds
+        that check; the harness skips the case with the reason instead of failing it."""
+        need = self.min_compute_capability
+        if compute_capability is None or tuple(compute_capability) >= tuple(need):
+            return None
+        return (f"needs compute capability {need[0]}.{need[1]} or newer; this GPU is "
+                f"{compute_capability[0]}.{compute_capability[1]}")
+
     def annotate(self, **notes: Any) -> Workload:
         """Add facts about this case (waves, a slice, an expected value) to its row's params and label.
         They describe the case; they never change what it computes."""

@@ -6,7 +6,7 @@ import pytest
 
 from mfugap import selftest
 from mfugap.kernels import cublas_gemm, gemv, spin, stream
-from mfugap.measure import GpuContext, WindowConfig, measure, too_old
+from mfugap.measure import GpuContext, WindowConfig, measure
 
 pytestmark = pytest.mark.gpu
 
@@ -21,7 +21,7 @@ def ctx():
 
 @pytest.mark.parametrize("workload", CASES, ids=lambda w: w.label)
 def test_every_kernel_is_correct_on_small_odd_shapes(ctx, workload):
-    reason = too_old(workload, ctx.device.compute_capability)
+    reason = workload.unavailable(ctx.device.compute_capability)
     if reason:
         pytest.skip(reason)
     line = selftest.run_case(workload, ctx.stream)
