@@ -16,6 +16,7 @@ import matplotlib
 from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
 from mfugap.report import by_gpu, title
+from mfugap.results import folder_name
 
 FORMATS = ("svg", "png")
 # bars of the gap chart, top to bottom within a case: (row key, legend label)
@@ -93,15 +94,16 @@ def roofline_chart(group: list[dict]) -> Figure:
     ax.set_xscale("log")
     ax.set_yscale("log")
     gpu = group[-1]["gpu"]
+    peaks = gpu.get("peaks_tflops") if isinstance(gpu.get("peaks_tflops"), dict) else {}
+    bw_tbps = gpu["mem_bw_gbps"] / 1000 if _measured(gpu.get("mem_bw_gbps")) else 0
     precisions = list(dict.fromkeys(row.get("precision") for row in cases))
     colors = {p: f"C{i}" for i, p in enumerate(precisions)}
     if cases:
         intensities = [row["intensity_flop_per_byte"] for row in cases]
         lo, hi = min(intensities) / 2, max(intensities) * 2
-        bw_tbps = (gpu.get("mem_bw_gbps") or 0) / 1000
         for precision in precisions:
-            peak = (gpu.get("peaks_tflops") or {}).get(precision)
-            if _measured(peak) and bw_tbps > 0:
+            peak = peaks.get(precision)
+            if _measured(peak) and peak > 0 and bw_tbps > 0:
                 # past the ridge, so the flat part shows even when every case is memory-bound
                 xs, ys = roofline_vertices(lo, max(hi, 4 * peak / bw_tbps), peak, bw_tbps)
                 ax.plot(xs, ys, "--", color=colors[precision], linewidth=1,
@@ -140,7 +142,7 @@ def write_charts(runs: list[dict], out_dir: Path, fmt: str = "svg") -> list[Path
     written = []
     with matplotlib.rc_context({"svg.hashsalt": "mfugap"}):  # stable ids: regenerated files diff cleanly
         for group in by_gpu(runs):
-            folder = Path(out_dir) / group[-1]["gpu"]["slug"]
+            folder = Path(out_dir) / folder_name(group[-1]["gpu"])
             folder.mkdir(parents=True, exist_ok=True)
             for name, chart in CHARTS.items():
                 path = folder / f"{name}.{fmt}"

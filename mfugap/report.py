@@ -210,7 +210,8 @@ def title(group: list[dict]) -> str:
     gpus = [run["gpu"] for run in group]
 
     def peak(precision: str) -> str:
-        return _distinct([_RATE((gpu.get("peaks_tflops") or {}).get(precision)) for gpu in gpus])
+        return _distinct([_RATE(peaks.get(precision) if isinstance(peaks := gpu.get("peaks_tflops"), dict)
+                                else None) for gpu in gpus])
 
     derived = " (derived from SMs x clock)" if any(gpu.get("peaks_derived") for gpu in gpus) else ""
     runs = [_run_text(run) for run in group]

@@ -160,11 +160,17 @@ def _rows_problem(run: dict) -> str | None:
     return None
 
 
+def folder_name(gpu: dict) -> str:
+    """The results folder of a run's GPU: its recorded slug, or one made from its name, made safe either
+    way (a hand-edited slug cannot point outside the results folder)."""
+    slug = gpu.get("slug")
+    return gpu_slug(slug if isinstance(slug, str) and slug.strip() else gpu["name"])
+
+
 def write_run(run: dict, results_dir: Path) -> Path:
     """Write a valid run to results_dir/<gpu slug>/<run_id>[-n].json, never over an existing file."""
     validate_run(run, "run not written")
-    gpu = run["gpu"]
-    folder = Path(results_dir) / gpu_slug(gpu.get("slug") or gpu["name"])
+    folder = Path(results_dir) / folder_name(run["gpu"])
     # JSON has no NaN or Infinity: a non-finite number is stored as null, like any value not measured.
     text = json.dumps(_finite(run), indent=1, sort_keys=False, allow_nan=False) + "\n"
     stem = run_id(run)

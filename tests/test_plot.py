@@ -136,3 +136,11 @@ def test_no_results_is_said_and_writes_nothing(tmp_path, capsys):
     assert cli.main(["plot", "--results-dir", str(tmp_path)]) == cli.EXIT_OK
     assert "no results" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
+
+
+def test_a_hand_edited_gpu_entry_still_plots_inside_the_output_folder(tmp_path):
+    gpu = {**GPU, "slug": "../../escape", "peaks_tflops": ["not", "a", "dict"], "mem_bw_gbps": "fast"}
+    written = plot.write_charts([_run(_sweep(), gpu=gpu)], tmp_path)
+    assert [p.parent for p in written] == [tmp_path / "escape"] * 2
+    lines = [line.get_label() for line in plot.roofline_chart([_run(_sweep(), gpu=gpu)]).axes[0].lines]
+    assert lines == ["roofline_fp32 (measured)"]  # no datasheet roofline without its figures

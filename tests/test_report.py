@@ -86,6 +86,11 @@ def test_missing_values_read_n_a() -> None:
     assert cells == expected
 
 
+def test_a_hand_edited_peaks_entry_reads_n_a_in_the_title() -> None:
+    text = render_run(_run({**H100, "peaks_tflops": [989.4, 66.9]}, [_gemm()]))
+    assert "denominators bf16 n/a / fp32 n/a TFLOP/s" in text.splitlines()[0]
+
+
 def test_label_falls_back_to_workload() -> None:
     text = render_run(_run(H100, [_gemm(label=None)]))
     assert _line(text, "gemm").split()[1] == "bf16"
