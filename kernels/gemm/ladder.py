@@ -13,7 +13,6 @@ TOLERANCE["fp32"] = 1e-5 holds as it is; a wrong index or a lost tile is off by 
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import pkgutil
 from collections.abc import Callable, Iterator
@@ -29,6 +28,19 @@ from mfugap.kernels.dense_gemm import DenseGemm
 from mfugap.kernels.tile_order import cdiv
 from mfugap.verify import TOLERANCE, check_close
 from mfugap.workload import Check
+
+
+def restore_row_stack() -> None:
+    """Give NumPy back np.row_stack, an alias of np.vstack that NumPy 2.5 removed, where it lacks it.
+    numba-cuda 0.30, its last release, registers an overload of it when it first compiles, and without
+    the name every Numba compile fails (NVIDIA/numba-cuda#907, closed unfixed). The extras pin
+    numpy<2.5; this keeps the Numba rungs working where NumPy 2.5 is installed anyway (a GPU image,
+    installed with --no-deps): checked with NumPy 2.5.5, offline compiles and the simulator."""
+    if not hasattr(np, "row_stack"):
+        np.row_stack = np.vstack
+
+
+restore_row_stack()  # before anything here compiles
 
 Dims = tuple[int, ...]
 SIGNATURE = "void(float32[:, ::1], float32[:, ::1], float32[:, ::1])"  # C-contiguous A, B, C
@@ -155,27 +167,8 @@ class CudaGemm(RungGemm):
         self.rung.source.function(self.rung.kernel)(grid, block, args, stream=stream)
 
 
-@functools.cache
-def numba_compile_problem() -> str | None:
-    """Why numba-cuda cannot compile kernels in this environment, or None. Its last release (0.30.4)
-    registers an overload of np.row_stack, which NumPy 2.5 removed, so every compile fails there
-    (NVIDIA/numba-cuda#907, closed unfixed: numba-cuda is in maintenance). The extras pin numpy<2.5;
-    an environment installed otherwise (a GPU image with --no-deps) may still have it."""
-    try:
-        importlib.import_module("numba.cuda.np.arrayobj")  # where the overload is registered
-    except ImportError:
-        return None  # not this numba-cuda layout: nothing known to be wrong
-    except AttributeError as exc:
-        return (f"numba-cuda cannot compile kernels with NumPy {np.__version__} ({exc}; "
-                'NVIDIA/numba-cuda#907): pip install "numpy<2.5"')
-    return None
-
-
 class NumbaGemm(RungGemm):
     """A rung written in Numba-CUDA."""
-
-    def unavailable(self, compute_capability: tuple[int, int] | None) -> str | None:
-        return super().unavailable(compute_capability) or numba_compile_problem()
 
     def setup(self, stream: Any) -> None:
         super().setup(stream)
