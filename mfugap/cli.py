@@ -136,6 +136,8 @@ def _report(args: argparse.Namespace) -> int:
         print(f"mfugap report: {error}", file=sys.stderr)
     if runs:
         print(render_runs([run for _, run in runs], args.format))
+        if args.format == "markdown":
+            print(_chart_links(folder), end="")
     elif not errors:
         print(f"mfugap report: no results under {folder}", file=sys.stderr)
     return EXIT_FAILED if errors else EXIT_OK
@@ -159,6 +161,19 @@ def _plot(args: argparse.Namespace) -> int:
     for path in plot.write_charts([run for _, run in runs], args.out or folder, args.format):
         print(f"mfugap plot: wrote {path}")
     return EXIT_FAILED if errors else EXIT_OK
+
+
+def _chart_links(folder: Path) -> str:
+    """Markdown images of the charts `mfugap plot` left in the GPU folders, as paths relative to the
+    results folder, where `mfugap report --format markdown > results/README.md` puts the page."""
+    images = sorted(p for p in folder.glob("*/*") if p.suffix in (".svg", ".png"))
+    if not images:
+        return ""
+    lines = ["", "## Charts", "", "Drawn by `mfugap plot` from the same results files."]
+    for gpu_folder, charts in itertools.groupby(images, key=lambda p: p.parent):
+        lines += ["", f"### {gpu_folder.name}", ""]
+        lines += [f"![{p.stem}]({p.relative_to(folder).as_posix()})" for p in charts]
+    return "\n".join(lines) + "\n"
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -69,6 +69,19 @@ def test_report_keeps_going_past_a_corrupt_file(tmp_path, capsys):
     assert "stream_triad" in captured.out
 
 
+def test_markdown_report_links_the_charts_beside_the_results(tmp_path, capsys):
+    path = write_run(build_run(_gpu(), [_row()], command="test", quick=False), tmp_path)
+    assert cli.main(["report", "--results-dir", str(tmp_path), "--format", "markdown"]) == cli.EXIT_OK
+    assert "## Charts" not in capsys.readouterr().out  # none drawn yet
+    for chart in ("roofline.svg", "gap.svg"):
+        (path.parent / chart).write_text("<svg/>")
+    assert cli.main(["report", "--results-dir", str(tmp_path), "--format", "markdown"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    slug = path.parent.name
+    assert out.split("## Charts", 1)[1].count("![") == 2
+    assert f"![gap]({slug}/gap.svg)" in out and f"![roofline]({slug}/roofline.svg)" in out
+
+
 def test_console_script_without_gpu_has_no_traceback(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, "-m", "mfugap.cli", "run", "--results-dir", str(tmp_path)],
