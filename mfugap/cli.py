@@ -145,7 +145,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from mfugap.plugin import default_results_dir
-    from mfugap.results import load_runs
+    from mfugap.results import ResultsError, folder_name, load_runs
 
     try:
         from mfugap import plot
@@ -154,11 +154,18 @@ def _plot(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     folder = args.results_dir or default_results_dir()
     runs, errors = load_runs(folder)
+    drawable = []
+    for path, run in runs:
+        try:
+            folder_name(run["gpu"])  # where its charts would go
+            drawable.append(run)
+        except ResultsError as exc:
+            errors.append(f"{path}: {exc}")
     for error in errors:
         print(f"mfugap plot: {error}", file=sys.stderr)
     if not runs and not errors:
         print(f"mfugap plot: no results under {folder}", file=sys.stderr)
-    for path in plot.write_charts([run for _, run in runs], args.out or folder, args.format):
+    for path in plot.write_charts(drawable, args.out or folder, args.format):
         print(f"mfugap plot: wrote {path}")
     return EXIT_FAILED if errors else EXIT_OK
 
@@ -190,7 +197,7 @@ def _run(args: argparse.Namespace) -> int:
         _report(argparse.Namespace(results_dir=args.results_dir, format="table"))
         return EXIT_NO_GPU
     paths = [str(SUITES_DIR / f"test_{name}.py") for name in args.suite or []] or [str(SUITES_DIR)]
-    options = ["--benchmark", "-p", "no:cacheprovider", "-rfEs"]
+    options = [*plugin_options(), "--benchmark", "-p", "no:cacheprovider", "-rfEs"]
     options += ["--quick"] * args.quick + ["--no-save"] * args.no_save
     if args.keyword:
         options += ["-k", args.keyword]
@@ -202,6 +209,14 @@ def _run(args: argparse.Namespace) -> int:
     if children:
         return max(_exit_code(code) for code in mig.run_children(children))
     return _exit_code(pytest.main([*paths, *options]))
+
+
+def plugin_options() -> list[str]:
+    """`-p mfugap.plugin` where the plugin's entry point is not installed (a checkout run through
+    PYTHONPATH); nothing where it is, since pytest refuses the same plugin under a second name."""
+    from importlib.metadata import entry_points
+
+    return [] if entry_points(group="pytest11", name="mfugap") else ["-p", "mfugap.plugin"]
 
 
 def _exit_code(pytest_code: int) -> int:

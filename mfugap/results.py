@@ -161,10 +161,16 @@ def _rows_problem(run: dict) -> str | None:
 
 
 def folder_name(gpu: dict) -> str:
-    """The results folder of a run's GPU: its recorded slug, or one made from its name, made safe either
-    way (a hand-edited slug cannot point outside the results folder)."""
+    """The results folder of a run's GPU: its recorded slug, else one made from its name, made safe
+    either way (a hand-edited slug cannot point outside the results folder). ResultsError when
+    neither gives a name."""
     slug = gpu.get("slug")
-    return gpu_slug(slug if isinstance(slug, str) and slug.strip() else gpu["name"])
+    if isinstance(slug, str):
+        try:
+            return gpu_slug(slug)
+        except ResultsError:
+            pass  # "..", "-": fall back to the name
+    return gpu_slug(gpu["name"])
 
 
 def write_run(run: dict, results_dir: Path) -> Path:

@@ -48,9 +48,8 @@ class Workload(ABC):
     min_compute_capability: tuple[int, int] = (0, 0)
 
     def unavailable(self, compute_capability: tuple[int, int] | None) -> str | None:
-        """Why the case cannot run here, or None. Here: a GPU older than `min_compute_capability` (an
-        unknown capability is tried). A family whose toolchain can be broken in an environment adds
-        that check; the harness skips the case with the reason instead of failing it."""
+        """Why the case cannot run here, or None: a GPU older than `min_compute_capability` (an unknown
+        capability is tried). The harness skips such a case with the reason instead of failing it."""
         need = self.min_compute_capability
         if compute_capability is None or tuple(compute_capability) >= tuple(need):
             return None

@@ -101,3 +101,11 @@ def test_run_passes_its_selection_to_the_suites(monkeypatch):
     (args,) = seen
     assert args[0].endswith("test_gemm_ladder.py") and "--benchmark" in args and "--quick" in args
     assert args[args.index("-k") + 1] == "not naive"
+
+
+def test_run_loads_the_plugin_itself_only_where_its_entry_point_is_missing(monkeypatch):
+    import importlib.metadata
+
+    assert cli.plugin_options() == []  # installed: pytest loads it through the entry point
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])  # a checkout on PYTHONPATH
+    assert cli.plugin_options() == ["-p", "mfugap.plugin"]

@@ -1,6 +1,6 @@
 """Every CUDA C source built the way CuPy builds it on a GPU, without one: CuPy's NVRTC path with the
-options its RawModule adds (its CCCL and header folders, the CUDA runtime headers it finds, and
---device-as-default-execution-space), for sm_80 and sm_90, with no register spills.
+options its RawModule adds (its CCCL and header folders, the CUDA runtime headers it finds, -ftz=true
+and --device-as-default-execution-space), for sm_80 and sm_90, with no register spills.
 
 tests/test_cuda_sources.py compiles the same sources with options of our own; this is the path the
 kernels take on a GPU. It runs where CuPy imports (CI's cuda13 environment) and skips elsewhere.
@@ -29,7 +29,8 @@ def target(monkeypatch, request) -> str:
 @pytest.mark.parametrize("target", OFFLINE_ARCHS, indirect=True)
 @pytest.mark.parametrize("source", SOURCES, ids=lambda s: "+".join(s.kernels))
 def test_cupy_builds_it_as_on_a_gpu_without_spills(source, target):
-    options = core.assemble_cupy_compiler_options((f"-std={source.std}", "-Xptxas=-v"))
+    # RawModule's options, then what CuPy's compile_with_cache adds (flush subnormals to zero)
+    options = (*core.assemble_cupy_compiler_options((f"-std={source.std}", "-Xptxas=-v")), "-ftz=true")
     log = io.StringIO()
     compiler.compile_using_nvrtc(source.code, options=options, log_stream=log)
     kernels = parse_ptxas_log(log.getvalue())

@@ -7,6 +7,7 @@ elsewhere. Names under a library CuPy loads on first use (cuBLAS) resolve only w
 installed; without it they are left unchecked, and at least one chain must still resolve.
 """
 import ast
+import contextlib
 import importlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,10 +118,13 @@ def test_every_cupy_name_the_code_uses_exists():
     assert resolved > 20, f"only {resolved} chains resolved (unloadable here: {sorted(unloadable)})"
 
 
-def test_the_cublas_data_types_exist():
-    """cublas_gemm names its cudaDataType constants as strings (looked up in setup)."""
+def test_the_cublas_types_named_as_strings_exist():
+    """cublas_gemm names its cudaDataType and cublasComputeType constants as strings (looked up in
+    setup). The compute types need libcublas, as on a GPU box; without it only the data types count."""
     pytest.importorskip("cupy", reason="CuPy is not installed (CI's cuda13 environment has it)")
     from mfugap.kernels.cublas_gemm import FORMATS
 
-    for data_type, _compute in FORMATS.values():
+    for data_type, compute in FORMATS.values():
         resolve(f"cupy.cuda.runtime.{data_type}")
+        with contextlib.suppress(Unloadable):
+            resolve(f"cupy_backends.cuda.libs.cublas.{compute}")

@@ -529,7 +529,11 @@ GPU_SHAPES = [(1, 8, 8), (67, 40, 136), (128, 128, 128), (300, 264, 520), (1153,
 def ctx():
     from mfugap.measure import GpuContext
 
-    return GpuContext.open()
+    context = GpuContext.open()
+    reason = mg.MmaGemm(8, 8, 8).unavailable(context.device.compute_capability)
+    if reason:
+        pytest.skip(reason)
+    return context
 
 
 def _run_once(w: mg.MmaGemm, ctx) -> np.ndarray:

@@ -2,6 +2,7 @@
 values, one per case (its newest ok row), datasheet rooflines are min(peak, I x bandwidth)."""
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -144,3 +145,14 @@ def test_a_hand_edited_gpu_entry_still_plots_inside_the_output_folder(tmp_path):
     assert [p.parent for p in written] == [tmp_path / "escape"] * 2
     lines = [line.get_label() for line in plot.roofline_chart([_run(_sweep(), gpu=gpu)]).axes[0].lines]
     assert lines == ["roofline_fp32 (measured)"]  # no datasheet roofline without its figures
+
+
+def test_a_gpu_without_a_usable_folder_name_is_named_and_the_rest_still_drawn(tmp_path, capsys):
+    write_run(_run(_sweep()), tmp_path)
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps(_run(_sweep(), gpu={**GPU, "name": "!!!", "slug": ".."})))
+    out = tmp_path / "charts"
+    assert cli.main(["plot", "--results-dir", str(tmp_path), "--out", str(out)]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "odd.json" in err[0] and "no usable folder name" in err[0]
+    assert len(list(out.rglob("*.svg"))) == 2

@@ -227,3 +227,12 @@ def test_validate_without_schema_key() -> None:
     del run["schema"]
     with pytest.raises(ResultsError, match=r"^not a mfugap results file \(no 'schema' key\)$"):
         validate_run(run)
+
+
+@pytest.mark.parametrize("slug", ["..", "-", "../../escape", None, 5])
+def test_a_hand_edited_slug_stays_inside_the_results_folder(slug) -> None:
+    from mfugap.results import folder_name
+
+    name = folder_name({"name": "NVIDIA H100 80GB HBM3", "slug": slug})
+    assert "/" not in name and name not in (".", "..")
+    assert name in ("escape", "nvidia-h100-80gb-hbm3")
