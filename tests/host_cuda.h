@@ -316,6 +316,15 @@ inline void cp_async_wait(int pending) {
     }
 }
 
+// Shared-memory wavefronts ldmatrix needs beyond one per 8x8 matrix, over a launch: each matrix is an
+// 8-lane phase reading eight 16-byte rows; rows in distinct bank groups (address / 16 % 8: four banks of
+// 4 bytes each) are read together, and each further distinct row in one group costs one more wavefront
+// (the same row is a broadcast). What Nsight Compute reports as shared-load bank conflicts.
+inline unsigned long long& ldmatrix_conflicts() {
+    static unsigned long long wavefronts = 0;
+    return wavefronts;
+}
+
 inline int lane() { return hc::linear_thread() % 32; }
 inline unsigned char* slot(int lane_in_warp) {
     hc::Block& b = hc::block();
@@ -330,11 +339,29 @@ inline void ldmatrix(unsigned* d, int count, bool trans, unsigned address) {
     std::memcpy(slot(lane()), &address, 4);
     hc::wait_at(hc::AT_WARP_BARRIER);
     const int l = lane();
-    auto row = [](int lane_in_warp) {
+    auto address_of = [](int lane_in_warp) {
         unsigned a;
         std::memcpy(&a, slot(lane_in_warp), 4);
-        return reinterpret_cast<const unsigned short*>(shared(a));
+        return a;
     };
+    auto row = [&](int lane_in_warp) {
+        return reinterpret_cast<const unsigned short*>(shared(address_of(lane_in_warp)));
+    };
+    if (l == 0) {  // once per warp-wide instruction
+        for (int i = 0; i < count; ++i) {
+            unsigned rows[8];
+            int distinct = 0, worst = 1;
+            for (int r = 0; r < 8; ++r) {
+                const unsigned chunk = address_of(8 * i + r) / 16;
+                if (std::find(rows, rows + distinct, chunk) != rows + distinct) continue;
+                rows[distinct++] = chunk;
+                worst = std::max(worst, (int)std::count_if(rows, rows + distinct, [&](unsigned c) {
+                    return c % 8 == chunk % 8;
+                }));
+            }
+            ldmatrix_conflicts() += worst - 1;
+        }
+    }
     for (int i = 0; i < count; ++i) {
         unsigned short lo, hi;
         if (trans) {
@@ -421,6 +448,9 @@ inline unsigned long long __cvta_generic_to_shared(const void* p) {
 }
 inline unsigned long long __cvta_generic_to_global(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 
+// ldmatrix's extra wavefronts in the last launch (ptx::ldmatrix_conflicts).
+extern "C" unsigned long long hc_ldmatrix_conflicts() { return ptx::ldmatrix_conflicts(); }
+
 // The launch: `kernel` unpacks `args` (pointers to each argument's value) and calls the kernel.
 extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsigned gy, unsigned gz,
                          unsigned bx, unsigned by, unsigned bz, size_t dynamic_shared_bytes, int by_warp,
@@ -440,6 +470,7 @@ extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsig
     b.fault[0] = 0;
     b.kernel = kernel;
     b.args = args;
+    ptx::ldmatrix_conflicts() = 0;
     std::vector<unsigned char> past(HC_MAX_DYNAMIC_SHARED - dynamic_shared_bytes);
     for (size_t i = 0; i < past.size(); ++i) past[i] = (dynamic_shared_bytes + i) % 2 ? 0x7F : 0xA5;
     for (unsigned z = 0; z < gz; ++z) {

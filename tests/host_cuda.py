@@ -25,6 +25,8 @@ What the host would otherwise hide:
 - Shared memory and the shuffle slots of returned lanes hold 0xFF (NaN) until written, and so does a
   cp.async destination from the copy's issue to its wait; misaligned ldmatrix and cp.async addresses
   fail the launch.
+- Each ldmatrix counts its shared-memory wavefronts past one per 8x8 matrix (bank conflicts, by CUDA's
+  bank model): `HostFunction.ldmatrix_conflicts`, summed over its launches.
 """
 from __future__ import annotations
 
@@ -277,6 +279,7 @@ def _build(code: str) -> tuple[ctypes.CDLL, dict[str, Kernel]]:
         built.replace(library)  # atomic: nobody loads half a library
     lib = ctypes.CDLL(str(library))
     lib.hc_launch.restype = ctypes.c_int
+    lib.hc_ldmatrix_conflicts.restype = ctypes.c_ulonglong
     lib.hc_launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_uint] * 6, ctypes.c_size_t,
                               ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
     return lib, kernels
@@ -333,6 +336,7 @@ class HostFunction:
         self.max_threads = int(getattr(lib, f"hc_threads_{name}")())
         self.entry = ctypes.cast(getattr(lib, f"hc_entry_{name}"), ctypes.c_void_p)
         self.launches = 0
+        self.ldmatrix_conflicts = 0  # extra shared-memory wavefronts of its ldmatrix reads, all launches
 
     def _argument(self, param: Param, value: Any, guarded: Guarded) -> ctypes._SimpleCData:
         where = f"{self.name}({param.ctype} {param.name})"
@@ -367,6 +371,7 @@ class HostFunction:
         argv = (ctypes.c_void_p * max(1, len(values)))(*(ctypes.addressof(v) for v in values))
         inputs = guarded.snapshot()
         self._run(argv, grid3, block3, shared_mem, by_warp=False)
+        self.ldmatrix_conflicts += self.lib.hc_ldmatrix_conflicts()  # the same in either order
         if self.deterministic:
             forward = guarded.snapshot()
             guarded.restore(inputs)

@@ -344,6 +344,36 @@ def test_parameters_are_read_with_their_numpy_types(text, expected):
     assert (p.name, p.ctype, p.dtype, p.pointer) == (name, ctype, dtype and np.dtype(dtype), pointer)
 
 
+LDMATRIX_ROWS = source(r"""
+extern "C" __global__ void rows(const int* offsets, unsigned* out) {
+    __shared__ __align__(128) unsigned short tile[1024];
+    for (int i = threadIdx.x; i < 1024; i += blockDim.x) tile[i] = i;
+    __syncthreads();
+    // lanes 0..7 name the eight rows of the one 8x8 matrix, as element offsets into the tile
+    const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(tile + offsets[threadIdx.x % 8]));
+    unsigned d;
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];" : "=r"(d) : "r"(address));
+    out[threadIdx.x] = d;
+}
+""", "rows")
+
+
+@pytest.mark.parametrize(("offsets", "extra"), [
+    ([8 * r for r in range(8)], 0),  # 16-byte rows side by side: eight bank groups, one wavefront
+    ([64 * r for r in range(8)], 7),  # 128 bytes apart: all in one bank group, eight wavefronts
+    ([0] * 8, 0),  # one row for every lane: a broadcast
+    ([0, 64, 8, 72, 16, 80, 24, 88], 1),  # two rows in each of four groups
+])
+def test_ldmatrix_counts_the_shared_memory_wavefronts_past_one(offsets, extra):
+    f = HostKernels(LDMATRIX_ROWS).function("rows")
+    out = np.zeros(32, dtype=np.uint32)
+    f((1,), (32,), (np.array(offsets, dtype=np.int32), out))
+    assert f.ldmatrix_conflicts == extra
+    row, pair = np.arange(32) // 4, np.arange(32) % 4  # and lane l still gets row l/4, elements 2(l%4)..
+    first = np.array(offsets)[row] + 2 * pair
+    np.testing.assert_array_equal(out, first | (first + 1) << 16)
+
+
 def test_ptx_without_a_host_emulation_is_refused_with_the_reason():
     sleeper = source('extern "C" __global__ void k() { asm volatile("nanosleep.u32 100;"); }', "k")
     assert host_runnable(sleeper) == "PTX nanosleep.u32 has no host emulation"
@@ -462,6 +492,27 @@ MMA_CASE = (130, 72, 200)  # two tile-rows, a ragged tile-column, seven K tiles:
 ])
 def test_the_mma_gemm_with_a_bug_fails_on_the_host(on_host, monkeypatch, old, new, finding):
     assert finding in _failure(monkeypatch, mma_gemm.SOURCE, old, new, mma_gemm.MmaGemm(*MMA_CASE, "bf16"))
+
+
+@pytest.mark.parametrize("warp_tile", sorted(mma_gemm.WARP_TILES))
+def test_the_mma_gemm_reads_its_fragments_without_bank_conflicts(on_host, warp_tile):
+    """The swizzled tiles, through the kernel's own ldmatrix calls (the NumPy model checks the layout;
+    this checks that the kernel uses it everywhere)."""
+    assert measure.verify(mma_gemm.MmaGemm(*MMA_CASE, "bf16", warp_tile=warp_tile), FakeStream()).ok
+    (kernels,) = on_host.values()
+    assert kernels.function("mma_gemm_bf16").launches == 1
+    assert kernels.function("mma_gemm_bf16").ldmatrix_conflicts == 0
+
+
+def test_an_unswizzled_tile_shows_bank_conflicts(on_host, monkeypatch):
+    """The counter sees what the swizzle prevents: rows of A 64 bytes apart share bank groups."""
+    swizzle = "return row * row_chunks + (chunk ^ ((row / rows_per_line) % span));"
+    assert swizzle in mma_gemm.SOURCE.code
+    plain = source(mma_gemm.SOURCE.code.replace(swizzle, "return row * row_chunks + chunk;"),
+                   *mma_gemm.SOURCE.kernels)
+    monkeypatch.setattr(mma_gemm.SOURCE, "function", HostKernels(plain).function)
+    assert measure.verify(mma_gemm.MmaGemm(*MMA_CASE, "bf16"), FakeStream()).ok  # still right, slower
+    assert mma_gemm.SOURCE.function("mma_gemm_bf16").ldmatrix_conflicts > 0
 
 
 def test_the_mma_gemm_unchanged_passes_the_case_the_bugs_fail(on_host):
