@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -79,6 +80,7 @@ struct Thread {
     std::vector<char> stack;
     std::vector<CpAsync> open;  // cp.async copies not yet committed to a group
     std::vector<std::vector<CpAsync>> committed;  // groups in commit order, not yet waited for
+    unsigned cp_async_issued = 0;  // this thread's cp.async count in the block: its lanes' k-th go together
 };
 
 constexpr size_t STACK_BYTES = 256 * 1024;
@@ -93,6 +95,8 @@ struct Block {
     bool by_warp = false;  // the second order: warp by warp from the last (run_block)
     void (*kernel)(void**) = nullptr;
     void** args = nullptr;
+    // the shared destinations of each warp's k-th cp.async, by (warp, k): (lane, address, bytes)
+    std::map<std::pair<int, unsigned>, std::vector<std::pair<int, std::pair<unsigned, int>>>> cp_async_stores;
 };
 
 inline Block& block() {
@@ -207,6 +211,7 @@ inline int run_block(char* error, size_t error_len) {
         t.state = RUNNABLE;
         t.open.clear();
         t.committed.clear();
+        t.cp_async_issued = 0;
         getcontext(&t.context);
         t.context.uc_stack.ss_sp = t.stack.data();
         t.context.uc_stack.ss_size = t.stack.size();
@@ -301,7 +306,10 @@ inline void cp_async(unsigned dst, unsigned long long src, int bytes, int src_by
     if (src % bytes) hc::fail("cp.async source not aligned to its size", src);
     hc::Block& b = hc::block();
     std::memset(shared(dst), 0xFF, bytes);
-    b.threads[b.current].open.push_back({shared(dst), reinterpret_cast<const void*>(src), bytes, src_bytes});
+    hc::Thread& t = b.threads[b.current];
+    t.open.push_back({shared(dst), reinterpret_cast<const void*>(src), bytes, src_bytes});
+    b.cp_async_stores[{hc::linear_thread() / 32, t.cp_async_issued++}].push_back(
+        {hc::linear_thread() % 32, {dst, bytes}});
 }
 inline void cp_async_commit() {
     hc::Thread& t = hc::block().threads[hc::block().current];
@@ -316,13 +324,51 @@ inline void cp_async_wait(int pending) {
     }
 }
 
-// Shared-memory wavefronts ldmatrix needs beyond one per 8x8 matrix, over a launch: each matrix is an
-// 8-lane phase reading eight 16-byte rows; rows in distinct bank groups (address / 16 % 8: four banks of
-// 4 bytes each) are read together, and each further distinct row in one group costs one more wavefront
-// (the same row is a broadcast). What Nsight Compute reports as shared-load bank conflicts.
-inline unsigned long long& ldmatrix_conflicts() {
+// Shared-memory bank conflicts, by CUDA's bank model, over a launch: wavefronts needed beyond one per
+// phase. A phase is the lanes whose accesses of `bytes` each span the 128 bytes of the 32 banks once
+// (8 lanes for 16 bytes); accesses to distinct units of `bytes` in one bank group (address / bytes %
+// (128 / bytes)) are served one wavefront each, the same unit is a broadcast. What Nsight Compute
+// reports as shared-memory bank conflicts.
+inline unsigned long long& ldmatrix_conflicts() {  // ldmatrix reads: a phase per 8x8 matrix
     static unsigned long long wavefronts = 0;
     return wavefronts;
+}
+inline unsigned long long& cp_async_conflicts() {  // cp.async stores into shared memory
+    static unsigned long long wavefronts = 0;
+    return wavefronts;
+}
+
+// Extra wavefronts of one phase: `addresses` of `bytes` each.
+inline int phase_conflicts(const std::vector<unsigned>& addresses, int bytes) {
+    std::vector<unsigned> units;
+    int worst = 1;
+    for (unsigned a : addresses) {
+        const unsigned unit = a / bytes;
+        if (std::find(units.begin(), units.end(), unit) != units.end()) continue;
+        units.push_back(unit);
+        const unsigned groups = 128 / bytes;
+        worst = std::max(worst, (int)std::count_if(units.begin(), units.end(),
+                                                   [&](unsigned u) { return u % groups == unit % groups; }));
+    }
+    return worst - 1;
+}
+
+// The cp.async stores of the block that just ran, warp instruction by warp instruction.
+inline void count_cp_async_stores() {
+    for (auto& [key, stores] : hc::block().cp_async_stores) {
+        std::sort(stores.begin(), stores.end());
+        const int bytes = stores.front().second.second;
+        const int lanes_per_phase = std::max(1, 128 / bytes);
+        for (size_t first = 0; first < stores.size();) {
+            std::vector<unsigned> phase;
+            const int group = stores[first].first / lanes_per_phase;
+            for (; first < stores.size() && stores[first].first / lanes_per_phase == group; ++first) {
+                phase.push_back(stores[first].second.first);
+            }
+            cp_async_conflicts() += phase_conflicts(phase, bytes);
+        }
+    }
+    hc::block().cp_async_stores.clear();
 }
 
 inline int lane() { return hc::linear_thread() % 32; }
@@ -349,17 +395,9 @@ inline void ldmatrix(unsigned* d, int count, bool trans, unsigned address) {
     };
     if (l == 0) {  // once per warp-wide instruction
         for (int i = 0; i < count; ++i) {
-            unsigned rows[8];
-            int distinct = 0, worst = 1;
-            for (int r = 0; r < 8; ++r) {
-                const unsigned chunk = address_of(8 * i + r) / 16;
-                if (std::find(rows, rows + distinct, chunk) != rows + distinct) continue;
-                rows[distinct++] = chunk;
-                worst = std::max(worst, (int)std::count_if(rows, rows + distinct, [&](unsigned c) {
-                    return c % 8 == chunk % 8;
-                }));
-            }
-            ldmatrix_conflicts() += worst - 1;
+            std::vector<unsigned> rows;
+            for (int r = 0; r < 8; ++r) rows.push_back(address_of(8 * i + r));
+            ldmatrix_conflicts() += phase_conflicts(rows, 16);
         }
     }
     for (int i = 0; i < count; ++i) {
@@ -448,8 +486,9 @@ inline unsigned long long __cvta_generic_to_shared(const void* p) {
 }
 inline unsigned long long __cvta_generic_to_global(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 
-// ldmatrix's extra wavefronts in the last launch (ptx::ldmatrix_conflicts).
+// The last launch's extra shared-memory wavefronts (ptx::ldmatrix_conflicts, ptx::cp_async_conflicts).
 extern "C" unsigned long long hc_ldmatrix_conflicts() { return ptx::ldmatrix_conflicts(); }
+extern "C" unsigned long long hc_cp_async_conflicts() { return ptx::cp_async_conflicts(); }
 
 // The launch: `kernel` unpacks `args` (pointers to each argument's value) and calls the kernel.
 extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsigned gy, unsigned gz,
@@ -471,6 +510,7 @@ extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsig
     b.kernel = kernel;
     b.args = args;
     ptx::ldmatrix_conflicts() = 0;
+    ptx::cp_async_conflicts() = 0;
     std::vector<unsigned char> past(HC_MAX_DYNAMIC_SHARED - dynamic_shared_bytes);
     for (size_t i = 0; i < past.size(); ++i) past[i] = (dynamic_shared_bytes + i) % 2 ? 0x7F : 0xA5;
     for (unsigned z = 0; z < gz; ++z) {
@@ -481,6 +521,7 @@ extern "C" int hc_launch(void (*kernel)(void**), void** args, unsigned gx, unsig
                 // past the launch's dynamic shared memory: a NaN pattern a write would change
                 std::memcpy(hc_dynamic_shared + dynamic_shared_bytes, past.data(), past.size());
                 if (hc::run_block(error, error_len)) return 1;
+                ptx::count_cp_async_stores();
                 if (std::memcmp(hc_dynamic_shared + dynamic_shared_bytes, past.data(), past.size())) {
                     std::snprintf(error, error_len, "block (%u,%u,%u) wrote past its %zu bytes of dynamic "
                                   "shared memory", x, y, z, dynamic_shared_bytes);

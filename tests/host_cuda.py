@@ -25,8 +25,9 @@ What the host would otherwise hide:
 - Shared memory and the shuffle slots of returned lanes hold 0xFF (NaN) until written, and so does a
   cp.async destination from the copy's issue to its wait; misaligned ldmatrix and cp.async addresses
   fail the launch.
-- Each ldmatrix counts its shared-memory wavefronts past one per 8x8 matrix (bank conflicts, by CUDA's
-  bank model): `HostFunction.ldmatrix_conflicts`, summed over its launches.
+- Shared-memory bank conflicts (wavefronts past one per phase, by CUDA's bank model) are counted for
+  ldmatrix reads and cp.async stores: `HostFunction.ldmatrix_conflicts` and `.cp_async_conflicts`,
+  summed over its launches.
 """
 from __future__ import annotations
 
@@ -280,6 +281,7 @@ def _build(code: str) -> tuple[ctypes.CDLL, dict[str, Kernel]]:
     lib = ctypes.CDLL(str(library))
     lib.hc_launch.restype = ctypes.c_int
     lib.hc_ldmatrix_conflicts.restype = ctypes.c_ulonglong
+    lib.hc_cp_async_conflicts.restype = ctypes.c_ulonglong
     lib.hc_launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_uint] * 6, ctypes.c_size_t,
                               ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
     return lib, kernels
@@ -336,7 +338,10 @@ class HostFunction:
         self.max_threads = int(getattr(lib, f"hc_threads_{name}")())
         self.entry = ctypes.cast(getattr(lib, f"hc_entry_{name}"), ctypes.c_void_p)
         self.launches = 0
-        self.ldmatrix_conflicts = 0  # extra shared-memory wavefronts of its ldmatrix reads, all launches
+        # extra shared-memory wavefronts (bank conflicts) of its ldmatrix reads and cp.async stores,
+        # over all its launches
+        self.ldmatrix_conflicts = 0
+        self.cp_async_conflicts = 0
 
     def _argument(self, param: Param, value: Any, guarded: Guarded) -> ctypes._SimpleCData:
         where = f"{self.name}({param.ctype} {param.name})"
@@ -372,6 +377,7 @@ class HostFunction:
         inputs = guarded.snapshot()
         self._run(argv, grid3, block3, shared_mem, by_warp=False)
         self.ldmatrix_conflicts += self.lib.hc_ldmatrix_conflicts()  # the same in either order
+        self.cp_async_conflicts += self.lib.hc_cp_async_conflicts()
         if self.deterministic:
             forward = guarded.snapshot()
             guarded.restore(inputs)

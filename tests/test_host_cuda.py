@@ -374,6 +374,34 @@ def test_ldmatrix_counts_the_shared_memory_wavefronts_past_one(offsets, extra):
     np.testing.assert_array_equal(out, first | (first + 1) << 16)
 
 
+CP_ASYNC_STAGE = source(r"""
+extern "C" __global__ void stage(const uint4* src, const int* chunks, uint4* out) {
+    __shared__ __align__(128) uint4 tile[512];
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(tile + chunks[threadIdx.x]));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
+                 :: "r"(dst), "l"(__cvta_generic_to_global(src + threadIdx.x)), "r"(16));
+    asm volatile("cp.async.commit_group;" ::);
+    asm volatile("cp.async.wait_group %0;" :: "n"(0) : "memory");
+    __syncthreads();
+    out[threadIdx.x] = tile[chunks[threadIdx.x]];
+}
+""", "stage")
+
+
+@pytest.mark.parametrize(("chunks", "extra"), [
+    (list(range(32)), 0),  # each 8-lane phase stores 128 consecutive bytes
+    ([8 * lane for lane in range(32)], 4 * 7),  # 128 bytes apart: every phase in one bank group
+    ([2 * lane for lane in range(32)], 4 * 1),  # every other 16 bytes: two per group in each phase
+])
+def test_cp_async_counts_the_bank_conflicts_of_its_shared_stores(chunks, extra):
+    f = HostKernels(CP_ASYNC_STAGE).function("stage")
+    src = np.arange(32 * 4, dtype=np.uint32)
+    out = np.zeros_like(src)
+    f((1,), (32,), (src, np.array(chunks, dtype=np.int32), out))
+    assert f.cp_async_conflicts == extra
+    np.testing.assert_array_equal(out, src)  # and each lane's 16 bytes went where it asked
+
+
 def test_ptx_without_a_host_emulation_is_refused_with_the_reason():
     sleeper = source('extern "C" __global__ void k() { asm volatile("nanosleep.u32 100;"); }', "k")
     assert host_runnable(sleeper) == "PTX nanosleep.u32 has no host emulation"
@@ -495,13 +523,14 @@ def test_the_mma_gemm_with_a_bug_fails_on_the_host(on_host, monkeypatch, old, ne
 
 
 @pytest.mark.parametrize("warp_tile", sorted(mma_gemm.WARP_TILES))
-def test_the_mma_gemm_reads_its_fragments_without_bank_conflicts(on_host, warp_tile):
-    """The swizzled tiles, through the kernel's own ldmatrix calls (the NumPy model checks the layout;
-    this checks that the kernel uses it everywhere)."""
+def test_the_mma_gemm_stages_and_reads_its_tiles_without_bank_conflicts(on_host, warp_tile):
+    """The swizzled tiles, through the kernel's own cp.async and ldmatrix calls (the NumPy model checks
+    the layout; this checks that the kernel uses it everywhere)."""
     assert measure.verify(mma_gemm.MmaGemm(*MMA_CASE, "bf16", warp_tile=warp_tile), FakeStream()).ok
     (kernels,) = on_host.values()
-    assert kernels.function("mma_gemm_bf16").launches == 1
-    assert kernels.function("mma_gemm_bf16").ldmatrix_conflicts == 0
+    gemm = kernels.function("mma_gemm_bf16")
+    assert gemm.launches == 1
+    assert (gemm.ldmatrix_conflicts, gemm.cp_async_conflicts) == (0, 0)
 
 
 def test_an_unswizzled_tile_shows_bank_conflicts(on_host, monkeypatch):
