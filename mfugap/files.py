@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TextIO
 
 
 def write_new(candidates: Iterable[Path], text: str) -> Path:
@@ -21,19 +22,44 @@ def write_new(candidates: Iterable[Path], text: str) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{first.name}.", suffix=".tmp", dir=first.parent)
     tmp = Path(tmp_name)
     try:
+        # mkstemp's file is private (0600), and a link keeps the mode: give it the mode open() would
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
+            _write_durably(out, text)
         for name in itertools.chain([first], map(Path, names)):
             try:
-                os.link(tmp, name)
+                _publish(tmp, name, text)
                 return name
             except FileExistsError:
                 continue
         raise FileExistsError(f"{first} exists")
     finally:
         tmp.unlink()
+
+
+def _publish(tmp: Path, name: Path, text: str) -> None:
+    """tmp's text under `name`; FileExistsError where `name` exists. The link makes the file appear whole.
+    Where the file system has no hard links (some network and FUSE mounts), the text is written to `name`
+    opened exclusively instead: that never overwrites either, but a reader may meet it half-written."""
+    try:
+        os.link(tmp, name)
+    except FileExistsError:
+        raise
+    except OSError:
+        with open(name, "x", encoding="utf-8") as out:
+            _write_durably(out, text)
+
+
+def _write_durably(out: TextIO, text: str) -> None:
+    out.write(text)
+    out.flush()
+    os.fsync(out.fileno())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def checkout_dir(subdir: str) -> Path:
