@@ -169,9 +169,25 @@ def children(pytest_args: Sequence[str], index: int = 0, nvml: Any = None) -> li
 
 def run_children(kids: Sequence[Child]) -> list[int]:
     """Run the children one after the other (slices share the card's power and clocks, and one at a
-    time keeps each measurement alone on the GPU); their exit codes in order."""
+    time keeps each measurement alone on the GPU); their exit codes in order. KeyboardInterrupt once the
+    running child has finished, if Ctrl-C came meanwhile; the instances after it are not started."""
     codes = []
     for number, kid in enumerate(kids, 1):
         print(f"mfugap run: MIG instance {number}/{len(kids)}: {kid.label}", file=sys.stderr, flush=True)
-        codes.append(subprocess.run(kid.argv, env=kid.env, check=False).returncode)
+        code, interrupted = wait_through_interrupts(subprocess.Popen(kid.argv, env=kid.env))
+        codes.append(code)
+        if interrupted:
+            raise KeyboardInterrupt
     return codes
+
+
+def wait_through_interrupts(process: subprocess.Popen) -> tuple[int, bool]:
+    """The child's exit code, and whether Ctrl-C came while it ran. Ctrl-C reaches the whole process
+    group, so the child has it too and saves the rows it measured on its way out (a CUDA sync, git, an
+    fsync): wait for that instead of killing it after 0.25 s as subprocess.run would."""
+    interrupted = False
+    while True:
+        try:
+            return process.wait(), interrupted
+        except KeyboardInterrupt:
+            interrupted = True

@@ -188,11 +188,15 @@ def _instances() -> list[MigInstance]:
 
 
 def _fake_subprocess(codes: list[int], seen: list):
-    def run(argv, env, check):
-        seen.append((argv, env["CUDA_VISIBLE_DEVICES"]))
-        return SimpleNamespace(returncode=codes[len(seen) - 1])
+    class Popen:
+        def __init__(self, argv, env):
+            seen.append((argv, env["CUDA_VISIBLE_DEVICES"]))
+            self.code = codes[len(seen) - 1]
 
-    return SimpleNamespace(run=run)
+        def wait(self):
+            return self.code
+
+    return SimpleNamespace(Popen=Popen)
 
 
 def test_run_children_runs_each_in_order_and_collects_codes(monkeypatch, capsys):
@@ -203,6 +207,34 @@ def test_run_children_runs_each_in_order_and_collects_codes(monkeypatch, capsys)
     assert [uuid for _, uuid in seen] == [MIG_1G.uuid, MIG_3G.uuid]
     err = capsys.readouterr().err
     assert "MIG instance 1/2" in err and "MIG instance 2/2" in err
+
+
+def test_ctrl_c_lets_the_running_child_save_and_starts_no_other(tmp_path):
+    """The parent gets Ctrl-C while a child still has rows to save: it waits for that child (which
+    would be killed by subprocess.run within 0.25 s), then stops before the next instance."""
+    saved = tmp_path / "saved"
+    # The child interrupts its parent, then takes a while to save, like pytest writing a results file.
+    slow_save = ("import os, pathlib, signal, sys, time; os.kill(os.getppid(), signal.SIGINT); "
+                 "time.sleep(1.0); pathlib.Path(sys.argv[1]).write_text('rows'); sys.exit(2)")
+    kids = [mig.Child("slow", (sys.executable, "-c", slow_save, str(saved)), dict(os.environ)),
+            mig.Child("next", (sys.executable, "-c", "open('started', 'w')"), dict(os.environ))]
+    with pytest.raises(KeyboardInterrupt):
+        mig.run_children(kids)
+    assert saved.read_text() == "rows"
+    assert not (tmp_path / "started").exists() and not os.path.exists("started")
+
+
+def test_waiting_resumes_after_each_interrupt():
+    calls = iter([KeyboardInterrupt, KeyboardInterrupt, 2])
+
+    def wait():
+        outcome = next(calls)
+        if outcome is KeyboardInterrupt:
+            raise outcome
+        return outcome
+
+    assert mig.wait_through_interrupts(SimpleNamespace(wait=wait)) == (2, True)
+    assert mig.wait_through_interrupts(SimpleNamespace(wait=lambda: 0)) == (0, False)
 
 
 @pytest.mark.parametrize(("codes", "expected"), [([0, 0], cli.EXIT_OK), ([0, 1], cli.EXIT_FAILED),
