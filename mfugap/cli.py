@@ -1,7 +1,7 @@
 """Command line: `mfugap run | report | plot | specs | mig | selftest | trace`.
 
-Exit codes: 0 ok; 1 a case failed or a results file could not be read; 2 bad usage or unknown name;
-3 no GPU visible (the reason is printed, with the recorded tables); 130 interrupted.
+Exit codes: 0 ok; 1 a case failed or a results file could not be read; 2 bad usage, unknown name or no
+case selected; 3 no GPU visible (the reason is printed, with the recorded tables); 130 interrupted.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     specs = sub.add_parser("specs", help="print the hardware catalog, or one GPU's entry")
     specs.add_argument("name", nargs="?", help='NVML name, e.g. "NVIDIA H100 80GB HBM3" or "... MIG 1g.10gb"')
-    specs.add_argument("--pci-id", type=lambda s: int(s, 16), help="PCI device id in hex, e.g. 0x2321")
+    specs.add_argument("--pci-id", type=_pci_id, help="PCI device id in hex, e.g. 0x2321 (needs NAME)")
     specs.add_argument("--json", action="store_true", help="print one JSON object (needs NAME)")
 
     mig = sub.add_parser("mig", help="MIG fragmentation: SMs used and idle in each full layout of a GPU")
@@ -67,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="file to write (default: tests/data/traces/<gpu>-<driver>.json in the checkout)")
     trace.add_argument("--seconds", type=_phase_seconds, default=2.0, help="length of each phase (default 2)")
     return parser
+
+
+def _pci_id(text: str) -> int:
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"needs a hexadecimal PCI device id such as 0x2330, got {text!r}") from None
 
 
 def _phase_seconds(text: str) -> float:
@@ -85,16 +93,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"run": _run, "report": _report, "plot": _plot, "specs": _specs, "mig": _mig,
                     "selftest": _selftest, "trace": _trace}
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # a reader gone shows up here, where it can be handled, and not at exit
+        return code
     except KeyboardInterrupt:
         print("mfugap: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`mfugap specs | head`): say nothing more, and let Python's exit flush of
+        # stdout go nowhere rather than fail a second time
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 def _specs(args: argparse.Namespace) -> int:
     if args.name is None:
-        if args.json:
-            print("mfugap specs: --json needs a GPU name", file=sys.stderr)
+        if args.json or args.pci_id is not None:
+            print(f"mfugap specs: {'--json' if args.json else '--pci-id'} needs a GPU name", file=sys.stderr)
             return EXIT_USAGE
         headers, rows = catalog.specs_table()
         print(tabulate(rows, headers=headers, tablefmt="simple", missingval="-"))
@@ -134,11 +149,11 @@ def _report(args: argparse.Namespace) -> int:
     runs, errors = load_runs(folder)
     for error in errors:
         print(f"mfugap report: {error}", file=sys.stderr)
-    if runs:
-        print(render_runs([run for _, run in runs], args.format))
-        if args.format == "markdown":
-            print(_chart_links(folder), end="")
-    elif not errors:
+    if runs or args.format in ("json", "csv"):  # machine formats stay parseable: `[]`, a header line
+        print(render_runs([run for _, run in runs], args.format), end="")  # it ends its last line
+    if runs and args.format == "markdown":
+        print(_chart_links(folder), end="")
+    if not runs and not errors:
         print(f"mfugap report: no results under {folder}", file=sys.stderr)
     return EXIT_FAILED if errors else EXIT_OK
 
@@ -224,6 +239,11 @@ def _exit_code(pytest_code: int) -> int:
 
     if pytest_code == pytest.ExitCode.INTERRUPTED:
         return EXIT_INTERRUPTED
+    if pytest_code == pytest.ExitCode.USAGE_ERROR:  # a -k expression pytest cannot parse, say
+        return EXIT_USAGE
+    if pytest_code == pytest.ExitCode.NO_TESTS_COLLECTED:
+        print("mfugap run: no case selected: check -k and --suite", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK if pytest_code == pytest.ExitCode.OK else EXIT_FAILED
 
 

@@ -148,5 +148,16 @@ def goal(measured: float | None, *, at_least: float | None = None, at_most: floa
     if measured is None:
         return "not measured"
     met = (at_least is None or measured >= at_least) and (at_most is None or measured <= at_most)
+    limit = at_least if at_least is not None else at_most
     bound = f">= {at_least:g}" if at_least is not None else f"<= {at_most:g}"
-    return f"{measured:.3g} ({'met' if met else 'missed'}: {bound})"
+    return f"{_apart(measured, limit)} ({'met' if met else 'missed'}: {bound})"
+
+
+def _apart(value: float, limit: float | None) -> str:
+    """value to three significant digits, or as many more as it takes not to read as the limit itself
+    (74.96 against 75 is '74.96', not a '75' that missed '>= 75')."""
+    for digits in range(3, 17):
+        text = f"{value:.{digits}g}"
+        if value == limit or float(text) != limit:
+            return text
+    return repr(value)

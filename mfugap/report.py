@@ -171,19 +171,21 @@ def _chunks(group: list[dict]) -> list[tuple[list[list[str]], str | None]]:
     numbered = len(group) > 1
     by_suite: dict[str, list[list[str]]] = {}
     lessons: dict[str, str] = {}
+    measured: dict[str, list[str]] = {}  # every run's summary, each after the lesson
     for n, run in enumerate(group, 1):
         lessons.update(run.get("lessons") or {})  # the later run's wording wins
         for suite, summary in (run.get("summaries") or {}).items():
-            measured = f"measured{f' [{n}]' if numbered else ''}: {_summary_text(summary)}"
-            lessons[suite] = " ".join(filter(None, [lessons.get(suite), measured]))
+            measured.setdefault(suite, []).append(
+                f"measured{f' [{n}]' if numbered else ''}: {_summary_text(summary)}")
         for row in run["rows"]:
             by_suite.setdefault(row.get("suite") or "", []).append(_cells(row, n if numbered else None))
     chunks: list[tuple[list[list[str]], str | None]] = []
     pending: list[list[str]] = []
     for suite, rows in by_suite.items():
         pending += rows
-        if lessons.get(suite):
-            chunks.append((pending, f"{suite}: {lessons[suite]}"))
+        text = " ".join(filter(None, [lessons.get(suite), *measured.get(suite, [])]))
+        if text:
+            chunks.append((pending, f"{suite}: {text}"))
             pending = []
     if pending or not chunks:
         chunks.append((pending, None))

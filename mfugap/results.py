@@ -107,7 +107,7 @@ def validate_run(obj: object, where: str = "") -> dict:
     if not isinstance(obj, dict):
         kind = _JSON_TYPES.get(type(obj), type(obj).__name__)
         raise _error(where, f"not a JSON object (got {kind})")
-    problem = _header_problem(obj) or _gpu_problem(obj) or _rows_problem(obj)
+    problem = _header_problem(obj) or _gpu_problem(obj) or _rows_problem(obj) or _suites_problem(obj)
     if problem:
         raise _error(where, problem)
     return obj
@@ -157,6 +157,20 @@ def _rows_problem(run: dict) -> str | None:
         for key in ("workload", "status"):
             if not isinstance(row.get(key), str) or not row[key]:
                 return f"row {i} has no '{key}'"
+    return None
+
+
+def _suites_problem(run: dict) -> str | None:
+    """The per-suite texts the report files rows under: lessons are text, summaries objects, suites names."""
+    lessons, summaries = run.get("lessons"), run.get("summaries")
+    texts = isinstance(lessons, dict) and all(isinstance(text, str) for text in lessons.values())
+    if lessons is not None and not texts:
+        return "'lessons' is not an object of texts"
+    if summaries is not None and not isinstance(summaries, dict):
+        return "'summaries' is not an object"
+    for i, row in enumerate(run["rows"]):
+        if row.get("suite") is not None and not isinstance(row["suite"], str):
+            return f"row {i} has a 'suite' that is not a name"
     return None
 
 

@@ -109,3 +109,50 @@ def test_run_loads_the_plugin_itself_only_where_its_entry_point_is_missing(monke
     assert cli.plugin_options() == []  # installed: pytest loads it through the entry point
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])  # a checkout on PYTHONPATH
     assert cli.plugin_options() == ["-p", "mfugap.plugin"]
+
+
+def test_specs_pci_id_needs_a_name_and_a_hex_number(capsys):
+    assert cli.main(["specs", "--pci-id", "0x2330"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.strip() == "mfugap specs: --pci-id needs a GPU name"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["specs", H100, "--pci-id", "zz"])
+    assert exit_info.value.code == cli.EXIT_USAGE
+    assert "needs a hexadecimal PCI device id such as 0x2330, got 'zz'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("fmt", "expected"), [("json", "[]\n"), ("csv", None)])
+def test_an_empty_report_in_a_machine_format_still_parses(tmp_path, capsys, fmt, expected):
+    import csv
+    import io
+
+    assert cli.main(["report", "--results-dir", str(tmp_path), "--format", fmt]) == cli.EXIT_OK
+    captured = capsys.readouterr()
+    assert "no results under" in captured.err
+    if expected is not None:
+        assert captured.out == expected
+    else:
+        (header,) = list(csv.reader(io.StringIO(captured.out)))
+        assert "workload" in header
+
+
+@pytest.mark.parametrize(("pytest_code", "expected"), [(0, cli.EXIT_OK), (1, cli.EXIT_FAILED),
+                                                       (2, cli.EXIT_INTERRUPTED), (3, cli.EXIT_FAILED),
+                                                       (4, cli.EXIT_USAGE), (5, cli.EXIT_USAGE)])
+def test_pytest_outcomes_map_to_the_documented_exit_codes(monkeypatch, capsys, pytest_code, expected):
+    import pytest as pytest_module
+
+    monkeypatch.setattr("mfugap.device.gpu_unavailable_reason", lambda *a, **k: None)
+    monkeypatch.setattr("mfugap.mig.children", lambda args: [])
+    monkeypatch.setattr(pytest_module, "main", lambda args: pytest_code)
+    assert cli.main(["run", "-k", "nothing matches this"]) == expected
+    assert ("no case selected" in capsys.readouterr().err) == (pytest_code == 5)
+
+
+@pytest.mark.parametrize("command", ["specs", "mig h100-sxm --json"])
+def test_a_closed_pipe_ends_quietly(command):
+    """`mfugap specs | head`: the reader may leave before mfugap writes (`true` leaves at once); nothing
+    on stderr, no traceback."""
+    proc = subprocess.run(f"{sys.executable} -m mfugap.cli {command} | true; echo ${{PIPESTATUS[0]}}",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert proc.stderr == ""
+    assert proc.stdout.strip() == str(cli.EXIT_FAILED)

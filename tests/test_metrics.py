@@ -110,6 +110,12 @@ def test_goal_says_met_missed_or_not_measured():
     assert goal(0.4, at_most=1) == "0.4 (met: <= 1)"
     assert goal(1.5, at_most=1) == "1.5 (missed: <= 1)"
     assert goal(None, at_least=50) == "not measured"
+    # close to the bound, the digits that tell the two apart are kept
+    assert goal(74.96, at_least=75) == "74.96 (missed: >= 75)"
+    assert goal(96.97, at_least=97) == "96.97 (missed: >= 97)"
+    assert goal(1.004, at_most=1) == "1.004 (missed: <= 1)"
+    assert goal(75.0, at_least=75) == "75 (met: >= 75)"
+    assert goal(75.04, at_least=75) == "75.04 (met: >= 75)"
 
 
 def test_find_row_matches_row_fields_and_params():

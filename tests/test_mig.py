@@ -238,7 +238,7 @@ def test_waiting_resumes_after_each_interrupt():
 
 
 @pytest.mark.parametrize(("codes", "expected"), [([0, 0], cli.EXIT_OK), ([0, 1], cli.EXIT_FAILED),
-                                                 ([5, 0], cli.EXIT_FAILED), ([1, 2], cli.EXIT_INTERRUPTED)])
+                                                 ([5, 0], cli.EXIT_USAGE), ([1, 2], cli.EXIT_INTERRUPTED)])
 def test_cli_run_with_mig_runs_one_child_per_instance(monkeypatch, tmp_path, codes, expected):
     import pytest as pytest_module
 

@@ -221,3 +221,14 @@ def test_suite_summary_is_printed_under_its_suite() -> None:
     assert "The sweep climbs to the ridge." in note
     assert "measured: bf16: ridge_flop_per_byte 295, plateau_tflops 701" in " ".join(note.split())
     assert "measured: bf16" in render_run(run, "markdown")
+
+
+def test_every_runs_summary_stays_under_the_newest_lesson() -> None:
+    full = _run(H100, [_gemm()], lessons={"foundation": "Old wording."})
+    full["summaries"] = {"foundation": {"targets": {"cuBLAS bf16": "79.1 (met: >= 75)"}}}
+    quick = _run(H100, [_gemm()], lessons={"foundation": "New wording."}, created_utc="2026-11-26T12:00:00Z")
+    quick["summaries"] = {"foundation": {"targets": {"cuBLAS bf16": "not measured"}}}
+    note = " ".join(render_runs([full, quick], "table").split())
+    assert "foundation: New wording. measured [1]: targets: cuBLAS bf16 79.1 (met: >= 75) measured [2]: " \
+           "targets: cuBLAS bf16 not measured" in note
+    assert "Old wording." not in note

@@ -145,11 +145,21 @@ def test_write_never_overwrites_and_leaves_no_temp_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, second.name, third.name])
 
 
-def test_failed_link_removes_the_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_hard_links_the_run_is_still_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_link(src: object, dst: object) -> None:
         raise PermissionError("hard links not allowed here")
 
     monkeypatch.setattr(files.os, "link", no_link)
+    path = write_run(_run(), tmp_path)
+    assert validate_run(json.loads(path.read_text())) and list(path.parent.iterdir()) == [path]
+
+
+def test_a_failed_write_removes_the_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError("read-only here")
+
+    monkeypatch.setattr(files.os, "link", refuse)
+    monkeypatch.setattr(files, "open", refuse, raising=False)
     with pytest.raises(PermissionError):
         write_run(_run(), tmp_path)
     assert list((tmp_path / "nvidia-h100-80gb-hbm3").iterdir()) == []
@@ -215,6 +225,11 @@ def test_load_from_a_missing_folder(tmp_path: Path) -> None:
     ({"rows": [{"workload": "gemm"}]}, "row 0 has no 'status'"),
     ({"created_utc": "yesterday"}, "created_utc 'yesterday' is not an ISO 8601 time"),
     ({"git_commit": "../../x"}, "git_commit '../../x' is not a hex commit hash"),
+    ({"lessons": "oops"}, "'lessons' is not an object of texts"),
+    ({"lessons": {"foundation": ["a", "b"]}}, "'lessons' is not an object of texts"),
+    ({"summaries": ["x"]}, "'summaries' is not an object"),
+    ({"rows": [{"workload": "gemm", "status": "ok", "suite": ["s"]}]},
+     "row 0 has a 'suite' that is not a name"),
 ])
 def test_validate_names_the_file_and_the_problem(change: dict, problem: str) -> None:
     with pytest.raises(ResultsError) as caught:
