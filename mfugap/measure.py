@@ -166,6 +166,10 @@ def measure(workload: Workload, ctx: GpuContext, config: WindowConfig, suite: st
         # enough where a single launch outlasts warmup_s
         warm = warm_up(launch, clock, warmup_s=config.warmup_s, min_launches=1)
         batch = _batching(workload, ctx, launch, warm.last_s)
+        if batch.launches > 1:
+            replayed = verify_replay(workload, batch.call, ctx.stream)
+            if not replayed.ok:
+                return {**row, "status": "failed", "reason": f"the CUDA graph's replay: {replayed.detail}"}
         call_s = warm.last_s * batch.launches
         with ctx.sampler() as sampler:
             timing = run_window(batch.call, clock, min_window_s=config.window_s,
@@ -211,6 +215,17 @@ def verify(workload: Workload, stream: Any) -> Check:
         workload.setup(stream)
         workload.poison()
         workload.launch(stream)
+        stream.synchronize()
+        return workload.check()
+
+
+def verify_replay(workload: Workload, replay: Callable[[], None], stream: Any) -> Check:
+    """A captured graph replayed once on poisoned outputs and checked like the first launch: a capture
+    that recorded other work than the launches fails here, and the graph's upload to the device (on its
+    first launch) stays out of the window."""
+    with stream:
+        workload.poison()
+        replay()
         stream.synchronize()
         return workload.check()
 

@@ -24,21 +24,29 @@ class FakeEvents:
         self.max_outstanding = 0
         self.created = 0
         self.captured: list[float] | None = None
+        self.replaying = False
 
     def launch(self) -> None:
         if self.captured is not None:  # inside a capture: the work is recorded, not run
             self.captured.append(next(self.durations))
-        else:
+        elif not self.replaying:  # a replay's time is the recorded work's
             self.device_ms += next(self.durations)
 
     def capture(self, launch: Callable[[], None], count: int) -> Callable[[], None]:
-        """What a CUDA graph of `count` launches does: replaying it runs their recorded work back to back."""
+        """What a CUDA graph of `count` launches does: replaying it runs their recorded work back to back
+        (the launches' effects on host arrays happen again, in the recorded time)."""
         self.captured = []
         for _ in range(count):
             launch()
         work, self.captured = sum(self.captured), None
 
         def replay() -> None:
+            self.replaying = True
+            try:
+                for _ in range(count):
+                    launch()
+            finally:
+                self.replaying = False
             self.device_ms += work
         return replay
 

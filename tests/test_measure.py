@@ -266,6 +266,23 @@ def test_short_launches_are_replayed_from_a_cuda_graph():
     assert row["timing_note"] is None and "python_launch_bound" not in row["flags"]
 
 
+def test_a_graph_that_replays_other_work_is_caught_before_timing():
+    """The launch works eagerly, but what the capture recorded does not write the output: the replay,
+    checked on poisoned outputs, fails the case and no numbers are recorded."""
+    class CapturesNothing(Axpy):
+        def launch(self, stream):
+            if self.clock.replaying:
+                self.clock.launch()
+            else:
+                super().launch(stream)
+
+    clock = _short_clock()
+    row = measure(CapturesNothing(100, clock), FakeContext(clock), TINY, suite="demo")
+    assert row["status"] == "failed"
+    assert row["reason"] == "the CUDA graph's replay: unwritten elements"
+    assert row["tflops"] is None and row["launches_per_call"] is None
+
+
 def test_long_or_ungraphable_launches_stay_one_by_one():
     clock = _clock()  # 1 ms launches
     assert measure(Axpy(100, clock), FakeContext(clock), TINY, suite="d")["launches_per_call"] == 1
