@@ -108,6 +108,7 @@ class GpuContext:
             "key": self.spec.key,
             "slug": gpu_slug(self.name),
             "peaks_tflops": self.spec.peaks_tflops,
+            "whole_gpu_peaks_tflops": self.spec.whole_gpu_peaks_tflops,
             "mem_bw_gbps": self.spec.mem_bw_gbps,
             "peaks_derived": self.spec.derived,
             "peaks_source": self.spec.source,

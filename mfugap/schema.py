@@ -43,6 +43,8 @@ GPU_FIELDS: dict[str, str] = {
     "mig_mode": "true/false, null where the GPU has no MIG",
     "mig_profile": "profile name when the process runs on a MIG instance",
     "peaks_tflops": "dense peak per precision used as MFU denominator (scaled to the slice on MIG)",
+    "whole_gpu_peaks_tflops": "the whole card's dense peaks: on a MIG instance or an emulated slice the "
+                              "parent's, else equal to peaks_tflops",
     "mem_bw_gbps": "datasheet memory bandwidth used as MBU denominator",
     "peaks_derived": "true when peaks were derived from SMs x per-SM rate x max clock (GPU not in catalog)",
     "peaks_source": "where the peaks come from",

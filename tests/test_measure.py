@@ -200,6 +200,7 @@ def test_a_partition_scales_peaks_with_its_sms_and_keeps_bandwidth():
     part = whole.partition(16, stream="green")
     assert part.stream == "green" and part.device.sm_count == 16 and whole.device.sm_count == 132
     assert part.spec.peaks_tflops["bf16"] == pytest.approx(989.4 * 16 / 132)
+    assert part.spec.whole_gpu_peaks_tflops["bf16"] == pytest.approx(989.4)  # the card's, kept beside
     assert part.spec.mem_bw_gbps == H100.mem_bw_gbps
     assert "emulated slice" in part.spec.source and part.name == whole.name
     with pytest.raises(ValueError, match=r"1\.\.132"):
