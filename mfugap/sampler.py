@@ -51,8 +51,8 @@ class WindowStats:
     util_note: str | None
     mem_util_pct: float | None
     sm_clock_mhz: float | None  # mean over polls
-    power_w: float | None  # mean over polls
-    clock_event_reasons: int  # OR of every mask polled (0 also when the query is unsupported)
+    power_w: float | None  # energy used / window time; the mean over polls where no energy counter
+    clock_event_reasons: int | None  # OR of every mask polled; None when the query is unsupported
     gpm: dict[str, float | None]  # every GPM_METRICS key
     gpm_note: str | None
     polls: int
@@ -99,6 +99,10 @@ def _mean(values: list) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _first_known(*values: float | None) -> float | None:
+    return next((value for value in values if value is not None), None)
+
+
 def _join_notes(notes: list[str]) -> str | None:
     return "; ".join(notes) if notes else None
 
@@ -118,6 +122,32 @@ class _Series:
                 self.values.append(self._read())
             except self._error_type as err:
                 self.error = str(err)
+
+
+class _Energy:
+    """The board's energy counter (mJ), read at start() and stop(): the mean power of exactly the window.
+    nvmlDeviceGetPowerUsage, polled instead where there is no counter, is on Ampere and newer itself a
+    trailing 1 s average, which mixes the second before a window (verification, warm-up) into it."""
+
+    def __init__(self, nvml: Any, board: Any):
+        self._error_type = nvml.NVMLError
+        self._query = getattr(nvml, "nvmlDeviceGetTotalEnergyConsumption", None)  # Volta and newer
+        self._board = board
+        self._readings: list[tuple[int, float]] = []  # (mJ, time.monotonic())
+
+    def read(self) -> None:
+        if self._query is None:
+            return
+        try:
+            self._readings.append((self._query(self._board), time.monotonic()))
+        except self._error_type:
+            self._query = None  # unsupported: the polled mean stands in
+
+    def mean_w(self) -> float | None:
+        if len(self._readings) != 2:
+            return None
+        (first_mj, first_s), (last_mj, last_s) = self._readings
+        return (last_mj - first_mj) / 1e3 / (last_s - first_s) if last_s > first_s else None
 
 
 class _UtilResult(NamedTuple):
@@ -294,6 +324,7 @@ class Sampler:
         self._power = _Series(nvml, lambda: nvml.nvmlDeviceGetPowerUsage(board) / 1000.0)
         self._reasons = _Series(nvml, lambda: reasons(board))
         self._series = [self._clock, self._power, self._reasons]
+        self._energy = _Energy(nvml, board)
         # MIG instances have no GPU-Util: never ask, so nothing can be mistaken for 0 %
         self._util = None if is_mig else _UtilWindow(nvml, handle)
         self._rates = None if is_mig else _Series(nvml, lambda: _read_rates(nvml, handle))
@@ -315,6 +346,7 @@ class Sampler:
         if self._util is not None:
             self._util.begin()
         self._gpm.begin()
+        self._energy.read()
         self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="mfugap-sampler", daemon=True)
         self._thread.start()
@@ -327,6 +359,7 @@ class Sampler:
         self._stop_event.set()
         self._thread.join(JOIN_TIMEOUT_S)
         duration_s = time.monotonic() - self._started_at
+        self._energy.read()
         gpm, gpm_note = self._gpm.finish()  # before any raise below: GPM samples must be freed
         if self._thread.is_alive():
             raise RuntimeError(f"sampler thread did not stop within {JOIN_TIMEOUT_S} s (NVML call hung?)")
@@ -369,9 +402,9 @@ class Sampler:
         else:
             util = self._util.result(duration_s, self._rates)
             mem_util = _mean([memory for _, memory in self._rates.values])
-        reasons = 0
+        reasons = None
         for mask in self._reasons.values:
-            reasons |= mask
+            reasons = (reasons or 0) | mask
         return WindowStats(
             duration_s=duration_s,
             gpu_util_pct=util.pct,
@@ -379,7 +412,7 @@ class Sampler:
             util_note=util.note,
             mem_util_pct=mem_util,
             sm_clock_mhz=_mean(self._clock.values),
-            power_w=_mean(self._power.values),
+            power_w=_first_known(self._energy.mean_w(), _mean(self._power.values)),
             clock_event_reasons=reasons,
             gpm=gpm,
             gpm_note=gpm_note,

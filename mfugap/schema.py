@@ -99,8 +99,11 @@ ROW_FIELDS: dict[str, str] = {
     "gpm_note": "why the GPM values are null, if they are",
     "gap_pts": "gpu_util_pct - mfu_pct, percentage points",
     "sm_clock_mhz": "mean SM clock over the window",
-    "power_w": "mean board power over the window",
-    "clock_event_reasons": "OR of NVML clock-event (throttle) reason bits seen in the window",
+    "power_w": "mean board power over the window: energy counter difference / window time; where the "
+               "GPU has no counter, the mean of polled nvmlDeviceGetPowerUsage (itself a trailing 1 s "
+               "average on Ampere and newer)",
+    "clock_event_reasons": "OR of NVML clock-event (throttle) reason bits seen in the window; null where "
+                           "the query is not supported",
     "sampler_overhead_pct": "sampler thread CPU time / window time",
     "flags": "list of warnings: mfu_above_util, throttle:<reason>, other_processes, few_util_samples, "
              "python_launch_bound",

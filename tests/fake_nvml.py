@@ -11,9 +11,9 @@ Per test: `FakeNvml(FakeGpu(...))` (several GPUs, or none), then
 - `hooks[name] = fn`: `fn()` runs at each call of `name`, before the answer (to block, or to add samples);
 - `hidden = {name}`: hide a function, as an older pynvml would lack it;
 - `calls`: names in call order; `returned[name]`: values handed out by polled queries.
-A polled value (sm_clock_mhz, power_mw, clock_event_reasons, util_gpu, util_mem) may be a list, read in a
-cycle; a `pynvml.NVMLError` in the list is raised when its turn comes. `util_samples` is a list of
-(timestamp_us, percent) that a test may append to while a sampler runs.
+A polled value (sm_clock_mhz, power_mw, energy_mj, clock_event_reasons, util_gpu, util_mem) may be a
+list, read in a cycle; a `pynvml.NVMLError` in the list is raised when its turn comes. `util_samples` is a
+list of (timestamp_us, percent) that a test may append to while a sampler runs.
 
 Replay: `FakeNvml.from_trace(trace, phase)` answers as the GPU of a recorded trace (mfugap.trace) did during
 one phase; `play()`, called inside the Sampler's window, lets the phase's util samples arrive.
@@ -60,6 +60,7 @@ class FakeGpu:
     sm_clock_mhz: int | list[int] = 1755
     power_limit_mw: int = 700_000
     power_mw: int | list[int] = 350_000
+    energy_mj: int | list[int] | None = None  # total energy counter, read in a cycle; None: NOT_SUPPORTED
     clock_event_reasons: int | list[int] = 0
     util_gpu: int | list[int] = 100
     util_mem: int | list[int] = 30
@@ -384,6 +385,13 @@ class FakeNvml:
     @_nvml_call
     def nvmlDeviceGetPowerUsage(self, handle):
         return self._poll("nvmlDeviceGetPowerUsage", handle, self._physical(handle).power_mw)
+
+    @_nvml_call
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        energy = self._physical(handle).energy_mj
+        if energy is None:
+            _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return self._poll("nvmlDeviceGetTotalEnergyConsumption", handle, energy)
 
     @_nvml_call
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle):

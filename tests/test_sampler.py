@@ -201,6 +201,29 @@ def test_clock_power_means_and_reason_bits():
     assert math.isfinite(stats.overhead_pct) and stats.overhead_pct >= 0
 
 
+def test_power_is_the_energy_used_over_the_window_where_the_counter_exists():
+    """350 W polled (a trailing 1 s average on Ampere and newer) but 140 J in a ~0.2 s window: the
+    counter's figure is the window's."""
+    start_mj = 5_000_000
+    nvml = make_nvml(power_mw=350_000, energy_mj=[start_mj, start_mj + 140_000])
+    stats = window(nvml, body=lambda: time.sleep(0.2), gpm=False)
+    assert nvml.returned["nvmlDeviceGetTotalEnergyConsumption"] == [start_mj, start_mj + 140_000]
+    assert stats.power_w == pytest.approx(140.0 / stats.duration_s, rel=0.05)
+    assert stats.power_w > 500
+
+
+@pytest.mark.parametrize("missing", ["error", "hidden", "unsupported"])
+def test_without_an_energy_counter_power_is_the_polled_mean(missing):
+    nvml = make_nvml(power_mw=[300_000, 450_000], energy_mj=None if missing == "unsupported" else 1)
+    if missing == "error":
+        nvml.errors["nvmlDeviceGetTotalEnergyConsumption"] = pynvml.NVML_ERROR_NO_PERMISSION
+    elif missing == "hidden":  # a pynvml older than the call
+        nvml.hidden.add("nvmlDeviceGetTotalEnergyConsumption")
+    polled = nvml.returned.setdefault("nvmlDeviceGetPowerUsage", [])
+    stats = window(nvml, body=lambda: wait_for(lambda: len(polled) >= 2), gpm=False)
+    assert stats.power_w == pytest.approx(statistics.fmean(nvml.returned["nvmlDeviceGetPowerUsage"]) / 1000)
+
+
 def test_older_pynvml_throttle_reasons_fallback():
     nvml = make_nvml(clock_event_reasons=pynvml.nvmlClocksThrottleReasonHwSlowdown)
     nvml.hidden.add("nvmlDeviceGetCurrentClocksEventReasons")
@@ -217,6 +240,13 @@ def test_unsupported_polled_query_is_none_and_asked_once():
     assert stats.power_w is None
     assert stats.polls > 1
     assert nvml.calls.count("nvmlDeviceGetPowerUsage") == 1
+
+
+def test_unsupported_clock_event_reasons_are_none_not_zero():
+    nvml = make_nvml(clock_event_reasons=0x4)
+    nvml.errors["nvmlDeviceGetCurrentClocksEventReasons"] = pynvml.NVML_ERROR_NOT_SUPPORTED
+    assert window(nvml, gpm=False).clock_event_reasons is None  # "no throttling" is not known
+    assert window(make_nvml(clock_event_reasons=0), gpm=False).clock_event_reasons == 0
 
 
 # ---- the thread ----
