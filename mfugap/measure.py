@@ -278,7 +278,7 @@ def _derived(workload: Workload, ctx: GpuContext, timing: Any, batch: Batch, row
     out["gap_pts"] = metrics.gap_pts(row["gpu_util_pct"], out["mfu_pct"])
     out["flags"] = metrics.row_flags(mfu=out["mfu_pct"], util_pct=row["gpu_util_pct"],
                                      clock_event_reasons=row["clock_event_reasons"],
-                                     other_processes=len(ctx.device.other_processes),
+                                     other_processes=row["other_processes"],
                                      util_samples=row["util_samples"], is_mig=ctx.device.is_mig)
     if batch.note:
         out["flags"].append("python_launch_bound")

@@ -86,7 +86,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def row_flags(*, mfu: float | None, util_pct: float | None, clock_event_reasons: int | None,
-              other_processes: int, util_samples: int | None, is_mig: bool) -> list[str]:
+              other_processes: int | None, util_samples: int | None, is_mig: bool) -> list[str]:
     flags = []
     if mfu is not None and util_pct is not None and mfu > util_pct:
         flags.append("mfu_above_util")

@@ -53,6 +53,7 @@ class WindowStats:
     sm_clock_mhz: float | None  # mean over polls
     power_w: float | None  # energy used / window time; the mean over polls where no energy counter
     clock_event_reasons: int | None  # OR of every mask polled; None when the query is unsupported
+    other_processes: int | None  # compute processes besides this one, the most seen at start or stop
     gpm: dict[str, float | None]  # every GPM_METRICS key
     gpm_note: str | None
     polls: int
@@ -77,6 +78,7 @@ class WindowStats:
             "sm_clock_mhz": self.sm_clock_mhz,
             "power_w": self.power_w,
             "clock_event_reasons": self.clock_event_reasons,
+            "other_processes": self.other_processes,
             "sampler_overhead_pct": self.overhead_pct,
         }
 
@@ -148,6 +150,31 @@ class _Energy:
             return None
         (first_mj, first_s), (last_mj, last_s) = self._readings
         return (last_mj - first_mj) / 1e3 / (last_s - first_s) if last_s > first_s else None
+
+
+class _Processes:
+    """How many compute processes besides this one use the GPU, read at start() and stop(). This process
+    holds a context there and so is one of NVML's entries, whether or not its PID matches: inside a
+    container with its own PID namespace NVML still reports host PIDs. So: all entries but one."""
+
+    def __init__(self, nvml: Any, handle: Any):
+        self._nvml = nvml
+        self._handle = handle
+        self.counts: list[int] = []
+        self.supported = True
+
+    def read(self) -> None:
+        if not self.supported:
+            return
+        try:
+            listed = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+        except (self._nvml.NVMLError, self._nvml.NVMLLibraryMismatchError):  # mismatch: pynvml too new
+            self.supported = False
+            return
+        self.counts.append(max(0, len(listed) - 1))
+
+    def most(self) -> int | None:
+        return max(self.counts) if self.supported and self.counts else None
 
 
 class _UtilResult(NamedTuple):
@@ -325,6 +352,7 @@ class Sampler:
         self._reasons = _Series(nvml, lambda: reasons(board))
         self._series = [self._clock, self._power, self._reasons]
         self._energy = _Energy(nvml, board)
+        self._processes = _Processes(nvml, handle)
         # MIG instances have no GPU-Util: never ask, so nothing can be mistaken for 0 %
         self._util = None if is_mig else _UtilWindow(nvml, handle)
         self._rates = None if is_mig else _Series(nvml, lambda: _read_rates(nvml, handle))
@@ -347,6 +375,7 @@ class Sampler:
             self._util.begin()
         self._gpm.begin()
         self._energy.read()
+        self._processes.read()
         self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="mfugap-sampler", daemon=True)
         self._thread.start()
@@ -360,6 +389,7 @@ class Sampler:
         self._thread.join(JOIN_TIMEOUT_S)
         duration_s = time.monotonic() - self._started_at
         self._energy.read()
+        self._processes.read()
         gpm, gpm_note = self._gpm.finish()  # before any raise below: GPM samples must be freed
         if self._thread.is_alive():
             raise RuntimeError(f"sampler thread did not stop within {JOIN_TIMEOUT_S} s (NVML call hung?)")
@@ -414,6 +444,7 @@ class Sampler:
             sm_clock_mhz=_mean(self._clock.values),
             power_w=_first_known(self._energy.mean_w(), _mean(self._power.values)),
             clock_event_reasons=reasons,
+            other_processes=self._processes.most(),
             gpm=gpm,
             gpm_note=gpm_note,
             polls=self._polls,

@@ -104,6 +104,8 @@ ROW_FIELDS: dict[str, str] = {
                "average on Ampere and newer)",
     "clock_event_reasons": "OR of NVML clock-event (throttle) reason bits seen in the window; null where "
                            "the query is not supported",
+    "other_processes": "compute processes besides this one on the GPU (NVML), the most seen at the "
+                       "window's start or end; null where NVML cannot list them",
     "sampler_overhead_pct": "sampler thread CPU time / window time",
     "flags": "list of warnings: mfu_above_util, throttle:<reason>, other_processes, few_util_samples, "
              "python_launch_bound",

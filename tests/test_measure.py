@@ -75,16 +75,16 @@ class FakeSampler:
 SAMPLED = {"gpu_util_pct": 100.0, "util_samples": 12, "util_note": None, "mem_util_pct": 40.0,
            "sm_util_pct": 95.0, "sm_occupancy_pct": 50.0, "tensor_util_pct": 0.0, "dram_util_pct": 90.0,
            "fp32_util_pct": 3.0, "fp16_util_pct": 0.0, "fp64_util_pct": 0.0, "gpm_note": None,
-           "sm_clock_mhz": 1980.0, "power_w": 500.0, "clock_event_reasons": 0x4,
+           "sm_clock_mhz": 1980.0, "power_w": 500.0, "clock_event_reasons": 0x4, "other_processes": 0,
            "sampler_overhead_pct": 0.1}
 
 
 class FakeContext:
-    def __init__(self, clock, free=80 << 30, other_processes=()):
+    def __init__(self, clock, free=80 << 30, other_processes=0):
         self.clock = clock
         self.spec = H100
-        self.device = SimpleNamespace(compute_capability=(9, 0), sm_count=132, is_mig=False,
-                                      other_processes=list(other_processes))
+        self.device = SimpleNamespace(compute_capability=(9, 0), sm_count=132, is_mig=False)
+        self.sampled = {**SAMPLED, "other_processes": other_processes}
         self.stream = FakeStream()
         self.free = free
         self.capture_error = None
@@ -105,7 +105,7 @@ class FakeContext:
         return self.clock.capture(launch, count)
 
     def sampler(self):
-        return FakeSampler(SAMPLED)
+        return FakeSampler(self.sampled)
 
     def gpu_json(self):
         return {"name": "Fake GPU (tests.test_measure, not a real device)", "sm_count": 132,
@@ -180,10 +180,12 @@ def test_an_exception_becomes_a_one_line_error_row():
     assert w.torn_down
 
 
-def test_other_processes_are_flagged():
+@pytest.mark.parametrize(("seen", "flagged"), [(1, True), (0, False), (None, False)])
+def test_other_processes_seen_in_the_window_are_flagged(seen, flagged):
     clock = _clock()
-    row = measure(Axpy(100, clock), FakeContext(clock, other_processes=[{"pid": 1}]), TINY, suite="d")
-    assert "other_processes" in row["flags"]
+    row = measure(Axpy(100, clock), FakeContext(clock, other_processes=seen), TINY, suite="d")
+    assert row["other_processes"] == seen
+    assert ("other_processes" in row["flags"]) == flagged
 
 
 def test_a_partition_scales_peaks_with_its_sms_and_keeps_bandwidth():

@@ -224,6 +224,34 @@ def test_without_an_energy_counter_power_is_the_polled_mean(missing):
     assert stats.power_w == pytest.approx(statistics.fmean(nvml.returned["nvmlDeviceGetPowerUsage"]) / 1000)
 
 
+@pytest.mark.parametrize(("pids", "expected"), [
+    ([], 0),  # NVML lists nothing (some containers): nothing is known to be shared
+    (["own"], 0),
+    (["own", 4242], 1),
+    ([77001], 0),  # a container's PID namespace: NVML's PID for this process is the host's
+    ([77001, 77002, 77003], 2),
+])
+def test_other_processes_are_all_entries_but_this_one(pids, expected):
+    import os
+
+    from tests.fake_nvml import FakeProcess
+
+    nvml = make_nvml(processes=[FakeProcess(os.getpid() if pid == "own" else pid) for pid in pids])
+    assert window(nvml, gpm=False).other_processes == expected
+    assert nvml.calls.count("nvmlDeviceGetComputeRunningProcesses") == 2  # at start and at stop
+
+
+def test_a_process_that_comes_during_the_window_counts_and_unlistable_is_none():
+    from tests.fake_nvml import FakeProcess
+
+    nvml = make_nvml(processes=[FakeProcess(1)])
+    stats = window(nvml, body=lambda: nvml.gpu.processes.append(FakeProcess(2)), gpm=False)
+    assert stats.other_processes == 1
+    nvml = make_nvml()
+    nvml.errors["nvmlDeviceGetComputeRunningProcesses"] = pynvml.NVML_ERROR_NO_PERMISSION
+    assert window(nvml, gpm=False).other_processes is None
+
+
 def test_older_pynvml_throttle_reasons_fallback():
     nvml = make_nvml(clock_event_reasons=pynvml.nvmlClocksThrottleReasonHwSlowdown)
     nvml.hidden.add("nvmlDeviceGetCurrentClocksEventReasons")
@@ -306,7 +334,7 @@ def test_row_fields():
     assert list(fields) == [
         "gpu_util_pct", "util_samples", "util_note", "mem_util_pct", "sm_util_pct", "sm_occupancy_pct",
         "tensor_util_pct", "dram_util_pct", "fp32_util_pct", "fp16_util_pct", "fp64_util_pct", "gpm_note",
-        "sm_clock_mhz", "power_w", "clock_event_reasons", "sampler_overhead_pct",
+        "sm_clock_mhz", "power_w", "clock_event_reasons", "other_processes", "sampler_overhead_pct",
     ]
     assert set(fields) <= set(ROW_FIELDS)
     assert fields["sampler_overhead_pct"] == stats.overhead_pct
