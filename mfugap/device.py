@@ -180,15 +180,16 @@ def discover(index: int = 0, nvml: Any = None, cuda_props: dict | None = None) -
     "minor", "multiProcessorCount", "l2CacheSize", "totalGlobalMem", plus our own optional key
     "cudaRuntimeVersion" (e.g. 12080). When None it comes from CuPy if importable, else NVML fills what it
     can (compute capability; SM count only where nvmlDeviceGetAttributes works, i.e. on MIG).
-    When CUDA_VISIBLE_DEVICES names a MIG UUID, the process measures that MIG instance.
+    The NVML device is the one whose UUID CUDA reports (key "uuid", 16 bytes), a MIG instance included;
+    without it, the CUDA_VISIBLE_DEVICES entry or index (a MIG UUID there: that MIG instance).
     """
     nvml = init_nvml(nvml)
-    gpu, mig = _resolve_handles(nvml, index)
+    cuda = cuda_props if cuda_props is not None else _cupy_props(index)
+    gpu, mig = _handles_by_uuid(nvml, _cuda_uuid(cuda)) or _resolve_handles(nvml, index)
     mig_mode = _mig_mode(nvml, gpu)
     instances = _mig_instances(nvml, gpu) if mig_mode else []
     selected = _selected_instance(nvml, mig, instances) if mig is not None else None
     measured = mig if mig is not None else gpu
-    cuda = cuda_props if cuda_props is not None else _cupy_props(index)
     pci = _optional(nvml, lambda: nvml.nvmlDeviceGetPciInfo(gpu))
     power_mw = _optional(nvml, lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(gpu))
     return DeviceInfo(
@@ -234,6 +235,33 @@ def _visible_entry(index: int) -> str | None:
     if not 0 <= index < len(entries):
         raise NoGpuError("no-device", f"CUDA_VISIBLE_DEVICES={visible!r} has no device {index}")
     return entries[index]
+
+
+def _cuda_uuid(cuda: dict | None) -> str | None:
+    """The CUDA device's UUID in NVML's spelling without its GPU-/MIG- prefix; None where CUDA gave none,
+    or CuPy's bytes came back short (a C char array converted up to its first zero byte)."""
+    raw = (cuda or {}).get("uuid")
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) != 16:
+        return None
+    h = bytes(raw).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _handles_by_uuid(nvml: Any, uuid: str | None) -> tuple[Any, Any] | None:
+    """(physical GPU handle, MIG handle or None) of the device with this UUID; None where NVML has none.
+    This is what CUDA runs on, whatever CUDA_VISIBLE_DEVICES says: a MIG instance CUDA picked by itself
+    (MIG enabled, the variable unset), or GPUs that CUDA orders fastest first and NVML by PCI bus."""
+    if uuid is None:
+        return None
+    for prefix in ("GPU-", "MIG-"):
+        try:
+            handle = nvml.nvmlDeviceGetHandleByUUID(prefix + uuid)
+        except nvml.NVMLError:
+            continue
+        if prefix == "GPU-":
+            return handle, None
+        return nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle), handle
+    return None
 
 
 def _resolve_handles(nvml: Any, index: int) -> tuple[Any, Any]:

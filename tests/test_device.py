@@ -254,6 +254,38 @@ def test_discover_follows_cuda_visible_devices_to_another_gpu(monkeypatch):
     assert caught.value.kind == "no-device"
 
 
+def _uuid_bytes(nvml_uuid: str) -> bytes:
+    """CUDA's cudaDeviceProp.uuid (16 bytes) for an NVML UUID string."""
+    return bytes.fromhex(nvml_uuid.split("-", 1)[1].replace("-", ""))
+
+
+def test_discover_finds_the_gpu_cuda_runs_on_by_its_uuid():
+    """CUDA orders GPUs fastest first, NVML by PCI bus: CUDA's device 0 may be NVML's device 1."""
+    second = FakeGpu(name="NVIDIA A100-SXM4-80GB", pci_device_id=0x20B210DE,
+                     uuid="GPU-22222222-d72c-4106-c12f-20bd9faed9f6")
+    info = discover(0, nvml=FakeNvml(FakeGpu(), second),
+                    cuda_props={**H100_PROPS, "uuid": _uuid_bytes(second.uuid)})
+    assert (info.name, info.uuid, info.handle) == ("NVIDIA A100-SXM4-80GB", second.uuid, FakeHandle(1))
+
+
+def test_discover_finds_the_mig_instance_cuda_picked_without_cuda_visible_devices():
+    """MIG enabled and CUDA_VISIBLE_DEVICES unset: CUDA runs on a MIG instance by itself. Its UUID names
+    the slice, so the peaks are the slice's, not the whole card's."""
+    info = discover(0, nvml=FakeNvml(mig_gpu()),
+                    cuda_props={**H100_PROPS, "multiProcessorCount": 16, "uuid": _uuid_bytes(MIG_1G.uuid)})
+    assert info.is_mig and info.mig_profile == "1g.10gb" and info.uuid == MIG_1G.uuid
+    assert info.handle == FakeHandle(0, 0) and info.parent_handle == FakeHandle(0)
+    assert info.sm_count == 16
+
+
+@pytest.mark.parametrize("uuid", [b"\x22" * 15, "GPU-22222222", None, b"\x99" * 16])
+def test_discover_without_a_usable_cuda_uuid_falls_back_to_the_index(uuid):
+    """Short bytes (CuPy cut them at a zero byte), a wrong type, none, or one NVML does not know."""
+    second = FakeGpu(name="NVIDIA A100-SXM4-80GB", uuid="GPU-22222222-d72c-4106-c12f-20bd9faed9f6")
+    info = discover(0, nvml=FakeNvml(FakeGpu(), second), cuda_props={**H100_PROPS, "uuid": uuid})
+    assert info.handle == FakeHandle(0) and info.name == "NVIDIA H100 80GB HBM3"
+
+
 def test_discover_unsupported_optional_fields_are_none(no_cupy):
     fake = FakeNvml(FakeGpu(processes=[FakeProcess(4242)]))
     for name, code in [
