@@ -21,7 +21,8 @@ fp32 FFMA 256 on Hopper (128 on GA100); fp64 DFMA 128 (64): the vector FP64 peak
 "fp64_tc"; bf16 mma 4096 (2048): the dense bf16 tensor peak. HFMA2 (4 FLOP per instruction) is assumed
 to run at 512 on Hopper and GA100, from NVIDIA's non-tensor FP16 figures: H100 SXM 133.8 TFLOP/s =
 132 x 512 x 1.98 GHz, 2x its fp32; A100 78 = 108 x 512 x 1.41 GHz, 4x its fp32. (ptxas issues part of
-them as HFMA2.MMA; the GPU run shows which rate the mix reaches.) The catalog has no non-tensor fp16 peak,
+them as HFMA2.MMA, which runs on the MMA pipe, so the row's GPM tensor activity may read above 0; the GPU
+run shows which rate the mix reaches.) The catalog has no non-tensor fp16 peak,
 and MFU's denominator is the dense peak of the math done, for fp16 the tensor figure a model would use:
 so the HFMA2 row is precision "fp16" and reads at most 512/4096 = 12.5% MFU at equal clocks (~13.5%
 against H100's datasheet, whose tensor figures assume 1830 MHz), which is the lesson: fp16 math off the

@@ -14,6 +14,9 @@ time, never model work, so MFU over the window falls by exactly the GEMM's share
   memory is first staged by the driver through a pinned buffer, which is slower (the rows say by how
   much). The copy is overhead, not model traffic, so the row's bytes stay the GEMM's.
 
+A launch here is a whole step, stall included, so the harness's per-launch figures (kernel_ms_median,
+kernel-only MFU) are per step too; the GEMM's own time is the one setup() measures.
+
 The communication wait (a kernel spinning on a host flag) is kernels/flag_wait.py.
 """
 from __future__ import annotations
