@@ -4,6 +4,10 @@ NVML counts a sample period as busy when any kernel runs, so one block on one SM
 while GPM SM utilization is ~1/SMs and MFU is 0. The spin ends when the global timer says `ns` have
 passed, or after `max_iters` iterations whatever the timer says, so it always terminates on the device
 on its own, whatever happens on the host.
+
+Each block also records the SM it ran on (%smid). A grid of one block per SM for a share of the SMs
+(`one_per_sm`) relies on the block scheduler spreading blocks over idle SMs, as it does; the check makes
+that premise a verified fact rather than an assumption behind the row's expected SM utilization.
 """
 from __future__ import annotations
 
@@ -21,7 +25,14 @@ __device__ __forceinline__ unsigned long long global_ns() {
     return t;
 }
 
-// One thread per block spins; out[2*block] = ns actually spun, out[2*block+1] = loop iterations.
+__device__ __forceinline__ unsigned sm_id() {
+    unsigned id;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+    return id;
+}
+
+// One thread per block spins; out[3*block] = ns actually spun, out[3*block+1] = loop iterations,
+// out[3*block+2] = the SM the block ran on.
 extern "C" __global__ void spin(unsigned long long ns, unsigned long long max_iters,
                                 unsigned long long* out) {
     if (threadIdx.x != 0) return;
@@ -31,14 +42,16 @@ extern "C" __global__ void spin(unsigned long long ns, unsigned long long max_it
         now = global_ns();
         ++iters;
     }
-    out[2 * blockIdx.x] = now - t0;
-    out[2 * blockIdx.x + 1] = iters;
+    out[3 * blockIdx.x] = now - t0;
+    out[3 * blockIdx.x + 1] = iters;
+    out[3 * blockIdx.x + 2] = sm_id();
 }
 """, kernels=("spin",))
 
 # An iteration takes at least one SM cycle (~0.5 ns at 2 GHz; each also waits on a timer read), so
 # 4 iterations per ns outlast the requested time even if the timer stood still, and still end.
 ITERS_PER_NS = 4
+COUNTERS = 3  # per block: ns spun, iterations, SM id
 
 
 def max_iters(ns: int) -> int:
@@ -51,13 +64,14 @@ def flops(blocks: int, ns: int) -> int:
 
 
 def min_bytes(blocks: int) -> int:
-    """Each block writes its two counters once."""
-    return 2 * 8 * blocks
+    """Each block writes its counters once."""
+    return COUNTERS * 8 * blocks
 
 
-def check_counters(counters: np.ndarray, ns: int, slack_ns: int) -> Check:
-    """Every block spun at least `ns` (or hit the iteration bound) and stopped within `slack_ns` after."""
-    spun, iters = counters[0::2], counters[1::2]
+def check_counters(counters: np.ndarray, ns: int, slack_ns: int, one_per_sm: bool = False) -> Check:
+    """Every block spun at least `ns` (or hit the iteration bound) and stopped within `slack_ns` after;
+    with `one_per_sm`, no two blocks shared an SM."""
+    spun, iters, sms = (counters[i::COUNTERS] for i in range(COUNTERS))
     bound = max_iters(ns)
     short = ~((spun >= ns) | (iters >= bound))
     late = spun > ns + slack_ns
@@ -65,21 +79,27 @@ def check_counters(counters: np.ndarray, ns: int, slack_ns: int) -> Check:
         worst = int(spun.max()) if late.any() else int(spun.min())
         return Check(ok=False,
                      detail=f"spin of {ns} ns: a block reported {worst} ns, {int(iters.min())} iterations")
-    return Check(ok=True,
-                 detail=f"{len(spun)} block(s) spun {int(spun.min())}-{int(spun.max())} ns for {ns} ns")
+    distinct = len(np.unique(sms))
+    if one_per_sm and distinct < len(sms):
+        return Check(ok=False, detail=f"{len(sms)} blocks ran on only {distinct} distinct SMs: the share of "
+                                      "SMs busy is not the one the case stands for")
+    return Check(ok=True, detail=f"{len(spun)} block(s) on {distinct} SM(s) spun "
+                                 f"{int(spun.min())}-{int(spun.max())} ns for {ns} ns")
 
 
 class Spin(Workload):
-    """`blocks` single-thread blocks, each spinning `ms` milliseconds per launch."""
+    """`blocks` single-thread blocks, each spinning `ms` milliseconds per launch; `one_per_sm`: each on
+    an SM of its own (checked)."""
 
     name = "spin"
     precision = PRECISION_NONE
 
-    def __init__(self, blocks: int = 1, ms: float = 20.0) -> None:
+    def __init__(self, blocks: int = 1, ms: float = 20.0, one_per_sm: bool = False) -> None:
         if blocks < 1 or ms <= 0:
             raise ValueError(f"spin needs blocks >= 1 and ms > 0, got {blocks} and {ms}")
         self.params = {"blocks": blocks, "ms": ms}
         self.ns = int(ms * 1e6)
+        self.one_per_sm = one_per_sm
         self.buf = {}
 
     def flops(self) -> int:
@@ -94,7 +114,7 @@ class Spin(Workload):
     def setup(self, stream: Any) -> None:
         import cupy
 
-        self.buf["out"] = cupy.empty(2 * self.params["blocks"], dtype=cupy.uint64)
+        self.buf["out"] = cupy.empty(COUNTERS * self.params["blocks"], dtype=cupy.uint64)
 
     def poison(self) -> None:
         self.buf["out"].fill(0)
@@ -108,8 +128,8 @@ class Spin(Workload):
 
     def check(self) -> Check:
         # 5 ms of slack covers the timer's update granularity and a warp descheduled mid-spin
-        return check_counters(self.buf["out"].get(), self.ns, slack_ns=5_000_000)
+        return check_counters(self.buf["out"].get(), self.ns, slack_ns=5_000_000, one_per_sm=self.one_per_sm)
 
 
 def selftest_cases() -> list[Workload]:
-    return [Spin(blocks=3, ms=2.0)]
+    return [Spin(blocks=3, ms=2.0, one_per_sm=True)]

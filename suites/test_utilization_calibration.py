@@ -41,6 +41,7 @@ def test_spin_occupies_a_share_of_the_sms(measure, gpu, share):
     """blocks = 1, floor(0.2 x SMs), or 4 x SMs single-thread blocks spinning 20 ms each: 0 FLOPs."""
     sms = gpu.device.sm_count
     blocks = blocks_for(share, sms)
-    measure(spin.Spin(blocks=blocks, ms=20.0).annotate(
+    # one block per SM below a full grid: the check confirms no two shared an SM
+    measure(spin.Spin(blocks=blocks, ms=20.0, one_per_sm=blocks <= sms).annotate(
         expected_sm_util_pct=round(expected_sm_util_pct(blocks, sms), 1)))
 

@@ -296,6 +296,9 @@ inline unsigned long long globaltimer() {
     return t.tv_sec * 1000000000ull + t.tv_nsec;
 }
 
+// The host runs one block at a time; as on an idle GPU with SMs to spare, each block gets an SM of its own.
+inline unsigned smid() { return blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z); }
+
 inline char* shared(unsigned address) { return &hc_shared_anchor + static_cast<int>(address); }
 
 // cp.async: the copy happens when a wait_group covering its group returns (or when the thread ends),

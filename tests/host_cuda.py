@@ -215,6 +215,8 @@ def ptx_call(template: str, operands: list[str]) -> str:
     args = [value(t) for t in _split(rest, ",")] if rest.strip() else []
     if opcode == "mov.u64" and args[1] == "%%globaltimer":
         return f"{args[0]} = ptx::globaltimer();"
+    if opcode == "mov.u32" and args[1] == "%%smid":
+        return f"{args[0]} = ptx::smid();"
     if opcode in ("cp.async.ca.shared.global", "cp.async.cg.shared.global"):
         dst, src, size, *src_size = args
         return f"ptx::cp_async({dst}, {src}, {size}, {src_size[0] if src_size else size});"

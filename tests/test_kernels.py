@@ -52,25 +52,38 @@ def test_gemm_host_values_decode_bf16():
 
 def test_spin_does_no_math_and_is_bounded():
     s = spin.Spin(blocks=3, ms=20.0)
-    assert s.flops() == 0 and s.min_bytes() == 48 and s.precision == "none"
+    assert s.flops() == 0 and s.min_bytes() == 3 * 3 * 8 and s.precision == "none"
     assert spin.max_iters(s.ns) == 4 * 20_000_000
     with pytest.raises(ValueError):
         spin.Spin(blocks=0)
 
 
+def _counters(*blocks: tuple[int, int, int]) -> np.ndarray:
+    """(ns spun, iterations, SM id) per block, laid out as the kernel writes them."""
+    return np.array([value for block in blocks for value in block], dtype=np.uint64)
+
+
 def test_spin_check_accepts_only_bounded_spins():
     ns = 1_000_000
-    good = np.array([ns + 10, 500, ns + 2000, 700], dtype=np.uint64)
-    assert spin.check_counters(good, ns, slack_ns=5000).ok
-    short = np.array([ns - 1, 500, ns, 700], dtype=np.uint64)
-    assert not spin.check_counters(short, ns, slack_ns=5000).ok
-    late = np.array([ns + 10_000, 500], dtype=np.uint64)
+    assert spin.check_counters(_counters((ns + 10, 500, 0), (ns + 2000, 700, 1)), ns, slack_ns=5000).ok
+    assert not spin.check_counters(_counters((ns - 1, 500, 0), (ns, 700, 1)), ns, slack_ns=5000).ok
+    late = _counters((ns + 10_000, 500, 0))
     assert not spin.check_counters(late, ns, slack_ns=5000).ok
-    unwritten = np.zeros(2, dtype=np.uint64)
+    unwritten = np.zeros(3, dtype=np.uint64)
     assert not spin.check_counters(unwritten, ns, slack_ns=5000).ok
     # a stuck timer: the iteration cap ended the spin early, which is the bound working
-    capped = np.array([0, spin.max_iters(ns)], dtype=np.uint64)
+    capped = _counters((0, spin.max_iters(ns), 4))
     assert spin.check_counters(capped, ns, slack_ns=5000).ok
+
+
+def test_spin_one_per_sm_needs_distinct_sms():
+    ns = 1_000_000
+    spread = _counters((ns, 9, 0), (ns, 9, 2), (ns, 9, 4))
+    doubled = _counters((ns, 9, 0), (ns, 9, 2), (ns, 9, 0))
+    assert spin.check_counters(spread, ns, slack_ns=5000, one_per_sm=True).ok
+    assert spin.check_counters(doubled, ns, slack_ns=5000).ok  # a full grid may share SMs
+    verdict = spin.check_counters(doubled, ns, slack_ns=5000, one_per_sm=True)
+    assert not verdict.ok and verdict.detail.startswith("3 blocks ran on only 2 distinct SMs")
 
 
 def test_small_gemm_weights_rotate_through_copies_beyond_l2():
