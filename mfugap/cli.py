@@ -213,11 +213,11 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_NO_GPU
     paths = [str(SUITES_DIR / f"test_{name}.py") for name in args.suite or []] or [str(SUITES_DIR)]
     options = [*plugin_options(), "--benchmark", "-p", "no:cacheprovider", "-rfEs"]
-    options += ["--quick"] * args.quick + ["--no-save"] * args.no_save
+    options += ["--mfugap-quick"] * args.quick + ["--mfugap-no-save"] * args.no_save
     if args.keyword:
         options += ["-k", args.keyword]
     if args.results_dir:
-        options += ["--results-dir", str(args.results_dir)]
+        options += ["--mfugap-results-dir", str(args.results_dir)]
     # MIG enabled: one process per instance, since a CUDA process sees only one; the worst child decides
     # (EXIT_OK < EXIT_FAILED < EXIT_INTERRUPTED).
     children = mig.children([*paths, *options])

@@ -32,7 +32,7 @@ def suite_names() -> list[str]:
 
 
 def quick_subset(values: Iterable[Any], keep: Container[Any]) -> list[Any]:
-    """Parametrize values; those not in `keep` are marked full_only, so --quick leaves them out."""
+    """Parametrize values; those not in `keep` are marked full_only, so --mfugap-quick leaves them out."""
     return [v if v in keep else pytest.param(v, marks=pytest.mark.full_only) for v in values]
 
 
@@ -95,11 +95,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mfugap", "mfugap: GPU utilization vs MFU")
     group.addoption("--benchmark", action="store_true", dest="mfugap_benchmark",
                     help="run the GPU suites (suites/ when no path is given) and print the util-vs-MFU table")
-    group.addoption("--quick", action="store_true", dest="mfugap_quick",
+    # prefixed: the plugin loads in every pytest of an environment mfugap is installed in, and pytest
+    # refuses an option two plugins add
+    group.addoption("--mfugap-quick", action="store_true", dest="mfugap_quick",
                     help="fewer cases, smaller sizes, 0.8 s windows")
-    group.addoption("--results-dir", dest="mfugap_results_dir", default=None,
+    group.addoption("--mfugap-results-dir", dest="mfugap_results_dir", default=None,
                     help="where the run's results file goes (default: the checkout's results/)")
-    group.addoption("--no-save", action="store_true", dest="mfugap_no_save",
+    group.addoption("--mfugap-no-save", action="store_true", dest="mfugap_no_save",
                     help="do not write a results file")
 
 
@@ -113,7 +115,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE_KEY] = RunState(config)
     config.addinivalue_line("markers", "gpu: needs a visible NVIDIA GPU; skipped with the reason otherwise")
-    config.addinivalue_line("markers", "full_only: a case --quick leaves out (deselected, not skipped)")
+    config.addinivalue_line("markers",
+                            "full_only: a case --mfugap-quick leaves out (deselected, not skipped)")
 
 
 def _is_suite(item: pytest.Item) -> bool:

@@ -99,7 +99,7 @@ def test_run_passes_its_selection_to_the_suites(monkeypatch):
     monkeypatch.setattr(pytest_module, "main", lambda args: seen.append(args) or 0)
     assert cli.main(["run", "--quick", "--suite", "gemm_ladder", "-k", "not naive"]) == cli.EXIT_OK
     (args,) = seen
-    assert args[0].endswith("test_gemm_ladder.py") and "--benchmark" in args and "--quick" in args
+    assert args[0].endswith("test_gemm_ladder.py") and "--benchmark" in args and "--mfugap-quick" in args
     assert args[args.index("-k") + 1] == "not naive"
 
 

@@ -253,15 +253,16 @@ def test_cli_run_with_mig_runs_one_child_per_instance(monkeypatch, tmp_path, cod
     argv = seen[0][0]
     assert argv[:3] == (sys.executable, "-m", "pytest")
     assert str(SUITES_DIR / "test_mig_slices.py") in argv
-    assert {"--benchmark", "--quick", "--results-dir", str(tmp_path)} <= set(argv)
+    assert {"--benchmark", "--mfugap-quick", "--mfugap-results-dir", str(tmp_path)} <= set(argv)
 
 
 def test_a_child_command_is_a_working_pytest_invocation(tmp_path):
     """The child's argv, run for real on this machine (no usable GPU there): plugin options accepted,
     the suite collected and skipped for want of a GPU, exit 0."""
     instance = _instances()[0]
-    kid = mig.child(instance, [str(SUITES_DIR / "test_mig_slices.py"), "--benchmark", "--quick", "-rs",
-                               "--results-dir", str(tmp_path / "results")], os.environ, sys.executable)
+    args = [str(SUITES_DIR / "test_mig_slices.py"), "--benchmark", "--mfugap-quick", "-rs",
+            "--mfugap-results-dir", str(tmp_path / "results")]
+    kid = mig.child(instance, args, os.environ, sys.executable)
     proc = subprocess.run(kid.argv, env=kid.env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no GPU" in proc.stdout and " passed" not in proc.stdout

@@ -26,7 +26,7 @@ def test_suites_exist():
 
 
 def test_benchmark_without_a_gpu_skips_every_suite_for_one_reason(tmp_path):
-    proc = _pytest(tmp_path, "--benchmark", "--results-dir", str(tmp_path / "results"))
+    proc = _pytest(tmp_path, "--benchmark", "--mfugap-results-dir", str(tmp_path / "results"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     collected = sum(1 for line in proc.stdout.splitlines() if line.startswith("SKIPPED"))
     assert collected >= 1
@@ -46,7 +46,7 @@ def test_suites_without_benchmark_flag_are_skipped(tmp_path):
 
 def test_benchmark_option_is_registered(tmp_path):
     proc = _pytest(tmp_path, "--help")
-    assert "--benchmark " in proc.stdout and "--quick" in proc.stdout
+    assert "--benchmark " in proc.stdout and "--mfugap-quick" in proc.stdout
 
 
 @pytest.mark.parametrize("name", suite_names())
@@ -84,7 +84,7 @@ def test_quick_deselects_full_only_cases(tmp_path):
         "import pytest\n"
         "@pytest.mark.parametrize('n', [1, pytest.param(2, marks=pytest.mark.full_only)])\n"
         "def test_case(n):\n    assert n\n")
-    quick = _pytest(tmp_path, "--quick", "test_cases.py")
+    quick = _pytest(tmp_path, "--mfugap-quick", "test_cases.py")
     assert "1 passed, 1 deselected" in quick.stdout, quick.stdout
     full = _pytest(tmp_path, "test_cases.py")
     assert "2 passed" in full.stdout, full.stdout
@@ -123,7 +123,7 @@ def _benchmark_on_fake_gpu(tmp_path, suite: str) -> subprocess.CompletedProcess:
     (tmp_path / "conftest.py").write_text(CONFTEST_WITH_FAKE_GPU)
     (tmp_path / "test_run.py").write_text(suite)
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--benchmark",
-                           "--results-dir", str(tmp_path / "results"), "test_run.py"],
+                           "--mfugap-results-dir", str(tmp_path / "results"), "test_run.py"],
                           cwd=tmp_path, env={**NO_GPU, "PYTHONPATH": str(SUITES_DIR.parent)},
                           capture_output=True, text=True, timeout=300)
 
@@ -141,7 +141,7 @@ def test_ctrl_c_keeps_and_saves_the_rows_already_measured(tmp_path):
 
 @pytest.mark.parametrize(("flags", "config", "budget_s"), [
     ((), WindowConfig(), 8 * 60),  # issue 4: the full run in at most 8 minutes on an H100
-    (("--quick",), WindowConfig.quick(), 90),
+    (("--mfugap-quick",), WindowConfig.quick(), 90),
 ])
 def test_the_windows_alone_fit_the_run_budget(tmp_path, flags, config, budget_s):
     """A lower bound, not a timing: every collected case measures at least one window after its warm-up.
