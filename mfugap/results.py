@@ -219,7 +219,7 @@ def load_runs(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
         return [], [f"{results_dir}: not a directory"]
     runs: list[tuple[Path, dict]] = []
     errors: list[str] = []
-    for path in sorted(results_dir.rglob("*.json")):
+    for path in sorted(results_dir.rglob("*.json"), key=_file_order):
         if any(part.startswith(".") for part in path.relative_to(results_dir).parts):
             continue  # temporary files of a write in progress, editor backups, hidden folders
         try:
@@ -227,6 +227,15 @@ def load_runs(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
         except ResultsError as e:
             errors.append(str(e))
     return runs, errors
+
+
+def _file_order(path: Path) -> tuple:
+    """Folder, then name, with write_run's same-second sibling '<time>-<commit>-<n>.json' after
+    '<time>-<commit>.json' and in n's order (a plain sort puts '-1' first and '-10' before '-2')."""
+    parts = path.stem.split("-")
+    if len(parts) == 3 and parts[2].isdigit():
+        return path.parent.parts, "-".join(parts[:2]), int(parts[2])
+    return path.parent.parts, path.stem, 0
 
 
 def _read_run(path: Path) -> dict:

@@ -251,3 +251,13 @@ def test_a_hand_edited_slug_stays_inside_the_results_folder(slug) -> None:
     name = folder_name({"name": "NVIDIA H100 80GB HBM3", "slug": slug})
     assert "/" not in name and name not in (".", "..")
     assert name in ("escape", "nvidia-h100-80gb-hbm3")
+
+
+def test_runs_written_in_the_same_second_load_in_the_order_written(tmp_path: Path) -> None:
+    written = [write_run(_run(command=f"run {i}"), tmp_path) for i in range(12)]
+    assert [p.name for p in written[:3]] == ["20261125T120000Z-01234567.json",
+                                             "20261125T120000Z-01234567-1.json",
+                                             "20261125T120000Z-01234567-2.json"]
+    runs, errors = load_runs(tmp_path)
+    assert not errors
+    assert [run["command"] for _, run in runs] == [f"run {i}" for i in range(12)]  # "-10" after "-9"
