@@ -340,7 +340,8 @@ def build(tile: Tile) -> CudaSource:
     """The kernels with `tile` compiled in."""
     kernels = tuple(f"mma_gemm_{p}" for p in PRECISIONS)
     return CudaSource(tile.defines() + tile_order.CODE + LAYOUT_CODE + KERNEL_CODE, kernels=kernels,
-                      min_compute_capability=(8, 0))  # mma.sync bf16, cp.async
+                      min_compute_capability=(8, 0),  # mma.sync bf16, cp.async
+                      variant=f"warps {tile.warp_rows}x{tile.warp_cols}")
 
 
 TILE = Tile()

@@ -40,9 +40,11 @@ class CudaSource:
     """A CUDA C translation unit whose `extern "C"` kernels are named in `kernels`."""
 
     def __init__(self, code: str, kernels: tuple[str, ...], *, std: str = "c++17",
-                 may_spill: tuple[str, ...] = (), min_compute_capability: tuple[int, int] = (0, 0)) -> None:
+                 may_spill: tuple[str, ...] = (), min_compute_capability: tuple[int, int] = (0, 0),
+                 variant: str | None = None) -> None:
         self.code = code
         self.kernels = kernels
+        self.variant = variant  # what tells apart sources with the same kernel names, e.g. "warps 64x64"
         self.std = std
         self.may_spill = may_spill  # kernels where a spill is acceptable; for all others it is a bug
         # the oldest architecture the code builds for, e.g. (8, 0) for mma.sync, ldmatrix and cp.async;

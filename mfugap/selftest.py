@@ -100,6 +100,7 @@ def _compile_source(source: Any) -> Iterator[Line]:
             yield Line("failed", "+".join(source.kernels), f"{arch}: {str(exc).splitlines()[0]}")
             return
     for kernel in source.kernels:
+        name = f"{kernel} ({source.variant})" if source.variant else kernel
         per_arch = [(arch, reports[arch].get(kernel)) for arch in OFFLINE_ARCHS]
         missing = [arch for arch, report in per_arch if report is None]
         spills = [arch for arch, report in per_arch
@@ -107,9 +108,9 @@ def _compile_source(source: Any) -> Iterator[Line]:
         regs = ", ".join(f"{arch} {report.registers} regs" for arch, report in per_arch if report)
         if missing or spills:
             problem = f"not built for {missing}" if missing else f"spills registers on {spills}"
-            yield Line("failed", kernel, f"NVRTC: {problem} ({regs})")
+            yield Line("failed", name, f"NVRTC: {problem} ({regs})")
         else:
-            yield Line("ok", kernel, f"NVRTC compiled, {regs}, no spills")
+            yield Line("ok", name, f"NVRTC compiled, {regs}, no spills")
 
 
 def simulator_lines(modules: list[ModuleType]) -> Iterator[Line]:

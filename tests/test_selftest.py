@@ -32,6 +32,7 @@ def test_an_exception_is_a_failed_line_not_a_crash():
 class FakeSource:
     def __init__(self, spills, may_spill=(), error=None):
         self.kernels, self.may_spill, self.spills, self.error = ("k",), may_spill, spills, error
+        self.variant = None
 
     def compile_offline(self, arch):
         if self.error:
@@ -71,6 +72,10 @@ def test_cli_selftest_without_gpu_checks_what_the_cpu_can():
     assert any(line.startswith("skipped") and "needs a GPU" in line for line in lines)
     assert not any(line.startswith("failed") for line in lines)
     assert "Traceback" not in proc.stderr
+    # one line per kernel build: sources sharing kernel names (the mma.sync warp tilings) say which
+    compiled = [line.split(": NVRTC")[0] for line in lines if ": NVRTC compiled" in line]
+    assert len(compiled) == len(set(compiled)), compiled
+    assert any("mma_gemm_bf16 (warps 64x64)" in name for name in compiled)
 
 
 def test_a_kernel_module_that_cannot_import_is_a_skipped_line(monkeypatch):
