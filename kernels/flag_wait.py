@@ -202,11 +202,14 @@ class FlagWait(Workload):
         return check_record(self.buf["record"].get(), self.buf["releaser"].epoch, self.delay_ns)
 
     def teardown(self) -> None:
-        """Release any wait still in flight and let it end before the mapped flag is freed."""
-        if "releaser" in self.buf:
-            self.buf["releaser"].finish()
-            self.buf["stream"].synchronize()
-        super().teardown()
+        """Release any wait still in flight and let it end before the mapped flag is freed; the buffers
+        are dropped even when the stream reports an error (measure() must not raise from here)."""
+        try:
+            if "releaser" in self.buf:
+                self.buf["releaser"].finish()
+                self.buf["stream"].synchronize()
+        finally:
+            super().teardown()
 
 
 def selftest_cases() -> list[Workload]:

@@ -1,8 +1,9 @@
 """Emulated MIG slices on a GPU without MIG: CUDA green contexts confine a stream to a group of SMs.
 
-A green context (driver API, CUDA 12.4+) owns a group of SMs split off the device's SM resource; kernels
-launched on a stream created in it run only on those SMs, while device memory, L2 and DRAM bandwidth
-stay shared with the rest of the GPU (a real MIG slice partitions those too). One slice is made by
+A green context (driver API: CUDA 12.4+, and 12.5+ for a stream of its own, cuGreenCtxStreamCreate) owns
+a group of SMs split off the device's SM resource; kernels launched on a stream created in it run only on
+those SMs, while device memory, L2 and DRAM bandwidth stay shared with the rest of the GPU (a real MIG
+slice partitions those too). One slice is made by
 
     cuDeviceGetDevResource(device, SM) -> cuDevSmResourceSplitByCount(1 group, minCount = SMs)
     -> cuDevResourceGenerateDesc -> cuGreenCtxCreate -> cuGreenCtxStreamCreate
@@ -23,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-MIN_CUDA_VERSION = 12040  # cuDriverGetVersion form of 12.4, the first driver with green contexts
+MIN_CUDA_VERSION = 12050  # cuDriverGetVersion form of 12.5: green contexts came in 12.4, streams in 12.5
 CALLS = ("cuInit", "cuDriverGetVersion", "cuDeviceGet", "cuDeviceGetDevResource",
          "cuDevSmResourceSplitByCount", "cuDevResourceGenerateDesc", "cuGreenCtxCreate",
          "cuGreenCtxStreamCreate", "cuStreamSynchronize", "cuStreamDestroy", "cuGreenCtxDestroy")
@@ -112,13 +113,13 @@ class GreenContexts:
         self._drv = driver
         missing = [name for name in CALLS if not hasattr(driver, name)]
         if missing:
-            raise GreenContextUnavailable(f"cuda-bindings has no {missing[0]}: green contexts need 12.4+")
+            raise GreenContextUnavailable(f"cuda-bindings has no {missing[0]}: green contexts need 12.5+")
         try:
             self._call("cuInit", 0)
             version = self._call("cuDriverGetVersion")
             if version < MIN_CUDA_VERSION:
                 cuda = f"{version // 1000}.{version % 1000 // 10}"
-                raise GreenContextUnavailable(f"the driver supports CUDA {cuda}; green contexts need 12.4+")
+                raise GreenContextUnavailable(f"the driver supports CUDA {cuda}; green contexts need 12.5+")
             self.device = self._call("cuDeviceGet", device_index)
             self._sm = self._call("cuDeviceGetDevResource", self.device,
                                   driver.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM)

@@ -148,42 +148,56 @@ def context_broken() -> str | None:
 
 
 def measure(workload: Workload, ctx: GpuContext, config: WindowConfig, suite: str) -> dict:
-    """Measure one workload and return its row (mfugap.schema); never raises for a failing case."""
-    row = _identity(workload, suite)
+    """Measure one workload and return its row (mfugap.schema); never raises for a failing case, nor for
+    one whose clean-up fails."""
+    identity = _identity(workload, suite)
     reason = workload.unavailable(ctx.device.compute_capability)
     if reason:
-        return _skipped(row, reason)
+        return _skipped(identity, reason)
     need, free = workload.footprint_bytes(), ctx.free_bytes()
     if need > FREE_MEMORY_USE * free:
-        return _skipped(row, f"needs {need / GiB:.1f} GiB, {free / GiB:.1f} GiB free")
+        return _skipped(identity, f"needs {need / GiB:.1f} GiB, {free / GiB:.1f} GiB free")
+    row = dict(identity)
     try:
-        verdict = verify(workload, ctx.stream)
-        row.update(max_rel_err=verdict.rel_err, tolerance=verdict.tolerance)
-        if not verdict.ok:
-            return {**row, "status": "failed", "reason": verdict.detail}
-        clock = ctx.events()
-        launch = launcher(workload, ctx.stream)
-        # verify() has launched it once already (module load, compilation), so one warm-up launch is
-        # enough where a single launch outlasts warmup_s
-        warm = warm_up(launch, clock, warmup_s=config.warmup_s, min_launches=1)
-        batch = _batching(workload, ctx, launch, warm.last_s)
-        if batch.launches > 1:
-            replayed = verify_replay(workload, batch.call, ctx.stream)
-            if not replayed.ok:
-                return {**row, "status": "failed", "reason": f"the CUDA graph's replay: {replayed.detail}"}
-        call_s = warm.last_s * batch.launches
-        with ctx.sampler() as sampler:
-            timing = run_window(batch.call, clock, min_window_s=config.window_s,
-                                min_reps=config.reps_for(call_s), max_ahead=config.ahead_for(call_s))
-        row.update(_timing_fields(timing, batch))
-        row.update(sampler.stats.as_row_fields())
-        row.update(_derived(workload, ctx, timing, batch, row))
-        row["status"] = "ok"
-        return row
+        row = _measured(workload, ctx, config, row)
     except Exception as exc:  # a broken case becomes a row with its reason; the rest still runs
-        return {**row, "status": "error", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
-    finally:
+        row = _error(row, exc)
+    try:
         workload.teardown()
+    except Exception as exc:  # an error surfacing only now (a sticky CUDA error) taints the numbers too
+        row = _error(identity, exc)
+    return row
+
+
+def _measured(workload: Workload, ctx: GpuContext, config: WindowConfig, row: dict) -> dict:
+    """Set up, verify, time and sample: `row` (the case's identity) filled in, or why it failed."""
+    verdict = verify(workload, ctx.stream)
+    row.update(max_rel_err=verdict.rel_err, tolerance=verdict.tolerance)
+    if not verdict.ok:
+        return {**row, "status": "failed", "reason": verdict.detail}
+    clock = ctx.events()
+    launch = launcher(workload, ctx.stream)
+    # verify() has launched it once already (module load, compilation), so one warm-up launch is
+    # enough where a single launch outlasts warmup_s
+    warm = warm_up(launch, clock, warmup_s=config.warmup_s, min_launches=1)
+    batch = _batching(workload, ctx, launch, warm.last_s)
+    if batch.launches > 1:
+        replayed = verify_replay(workload, batch.call, ctx.stream)
+        if not replayed.ok:
+            return {**row, "status": "failed", "reason": f"the CUDA graph's replay: {replayed.detail}"}
+    call_s = warm.last_s * batch.launches
+    with ctx.sampler() as sampler:
+        timing = run_window(batch.call, clock, min_window_s=config.window_s,
+                            min_reps=config.reps_for(call_s), max_ahead=config.ahead_for(call_s))
+    row.update(_timing_fields(timing, batch))
+    row.update(sampler.stats.as_row_fields())
+    row.update(_derived(workload, ctx, timing, batch, row))
+    row["status"] = "ok"
+    return row
+
+
+def _error(row: dict, exc: Exception) -> dict:
+    return {**row, "status": "error", "reason": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"}
 
 
 def _identity(workload: Workload, suite: str) -> dict:

@@ -69,3 +69,25 @@ def install_numpy(monkeypatch, seed: int = 0) -> NumpyCupy:
     fake = NumpyCupy(seed)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     return fake
+
+
+class ExternalStream:
+    """cupy.cuda.ExternalStream: a stream made elsewhere, current inside `with`."""
+
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
+
+    def __enter__(self) -> "ExternalStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def install_for_streams(monkeypatch, record=None) -> NumpyCupy:
+    """A NumPy-backed `cupy` that also wraps external streams (ExternalStream; no Stream.from_external)
+    and makes events whose record() runs `record(stream)`: enough for work on a green-context stream."""
+    fake = install_numpy(monkeypatch)
+    event = SimpleNamespace(record=record or (lambda stream: None), synchronize=lambda: None)
+    fake.cuda = SimpleNamespace(Event=lambda: event, Stream=SimpleNamespace(), ExternalStream=ExternalStream)
+    return fake

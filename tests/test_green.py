@@ -252,9 +252,11 @@ def test_no_driver_library_is_unavailable_in_one_line():
     assert str(info.value) == 'cuInit: RuntimeError: "cuda" is an NVIDIA driver library'
 
 
-def test_an_old_driver_is_unavailable():
-    with pytest.raises(green.GreenContextUnavailable, match=r"CUDA 12\.2; green contexts need 12\.4"):
-        green.GreenContexts(FakeDriver(version=12020))
+@pytest.mark.parametrize(("version", "text"), [(12020, "12.2"), (12040, "12.4")])
+def test_an_old_driver_is_unavailable(version, text):
+    """12.4 made green contexts, but their streams (cuGreenCtxStreamCreate) came with 12.5."""
+    with pytest.raises(green.GreenContextUnavailable, match=rf"CUDA {text}; green contexts need 12\.5"):
+        green.GreenContexts(FakeDriver(version=version))
 
 
 def test_bindings_without_green_contexts_are_unavailable():
@@ -333,8 +335,9 @@ def _gpu(name="NVIDIA H100 80GB HBM3") -> GpuContext:
 
 @pytest.fixture
 def fake_cupy(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", SimpleNamespace(cuda=SimpleNamespace(
-        ExternalStream=lambda ptr: ("external", ptr))))
+    from tests import fake_cupy as cupy_fakes
+
+    return cupy_fakes.install_for_streams(monkeypatch)
 
 
 @pytest.fixture(autouse=True)
@@ -348,10 +351,25 @@ def test_suite_slice_is_a_partition_on_the_green_stream(fake_cupy):
     gpu, driver = _gpu(), FakeDriver()
     with emulated_slice(gpu, green.GreenContexts(driver), 1) as (part, piece):
         assert piece.profile == "1g.20gb" and part.device.sm_count == 24
-        assert part.stream == ("external", piece.stream)
+        assert part.stream.ptr == int(piece.stream)
         assert part.spec.peaks_tflops["bf16"] == pytest.approx(989.4 * 24 / 132)
         assert part.spec.mem_bw_gbps == gpu.spec.mem_bw_gbps  # memory shared: whole-card bandwidth
     assert not driver.live
+
+
+def test_suite_skips_a_slice_whose_stream_cupy_cannot_use(fake_cupy):
+    from mfugap.suites.test_mig_slices import emulated_slice
+
+    def refuse(stream):
+        raise RuntimeError("cudaErrorInvalidResourceHandle: invalid resource handle")
+
+    fake_cupy.cuda.Event = lambda: SimpleNamespace(record=refuse, synchronize=lambda: None)
+    driver = FakeDriver()
+    with pytest.raises(pytest.skip.Exception, match=r"CuPy cannot run on a green-context stream here: "
+                                                    r"RuntimeError: cudaErrorInvalidResourceHandle"), \
+            emulated_slice(_gpu(), green.GreenContexts(driver), 1):
+        pass
+    assert not driver.live  # the green context and its stream are undone all the same
 
 
 def test_suite_skips_a_profile_the_card_cannot_be_cut_into(fake_cupy):

@@ -188,6 +188,23 @@ def test_other_processes_seen_in_the_window_are_flagged(seen, flagged):
     assert ("other_processes" in row["flags"]) == flagged
 
 
+def test_a_clean_up_that_fails_turns_the_row_into_an_error_without_numbers():
+    """A sticky CUDA error may surface only at teardown's last synchronize: measure() still returns a
+    row, an error one, and keeps none of the numbers that error may have tainted."""
+    class FailsAtTeardown(Axpy):
+        def teardown(self):
+            super().teardown()
+            raise RuntimeError("cudaErrorIllegalAddress: an illegal memory access\nmore")
+
+    clock = _clock()
+    workload = FailsAtTeardown(100, clock)
+    row = measure(workload, FakeContext(clock), TINY, suite="d")
+    assert workload.torn_down
+    assert (row["status"], row["reason"]) == ("error", "RuntimeError: cudaErrorIllegalAddress: an illegal "
+                                                         "memory access")
+    assert row["tflops"] is None and row["kernel_ms_median"] is None and row["label"] == "axpy n=100"
+
+
 def test_a_partition_scales_peaks_with_its_sms_and_keeps_bandwidth():
     from dataclasses import dataclass
 

@@ -11,6 +11,7 @@ import pytest
 from mfugap import catalog, cli, mig
 from mfugap.device import MigInstance
 from mfugap.plugin import SUITES_DIR
+from tests import fake_cupy
 from tests.fake_nvml import GIB, FakeGpu, FakeMig, FakeNvml
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -285,3 +286,43 @@ def test_suite_covers_every_profile_of_the_largest_mig_table():
     from mfugap.suites.test_mig_slices import MAX_PROFILES
 
     assert MAX_PROFILES == max(len(spec.mig_profiles) for spec in catalog.catalog()) == 6
+
+
+# ---- CuPy on a green-context stream (the GPU answers; here a fake CuPy) ----
+
+def test_cupy_that_works_on_the_slice_stream_is_no_refusal(monkeypatch):
+    from mfugap.suites.test_mig_slices import cupy_refusal
+    from tests.fake_events import FakeStream
+
+    fake_cupy.install_for_streams(monkeypatch)
+    stream = FakeStream()
+    assert cupy_refusal(stream) is None and stream.entered == 1
+
+
+def test_a_refused_event_is_the_skip_reason(monkeypatch):
+    from mfugap.suites.test_mig_slices import cupy_refusal
+    from tests.fake_events import FakeStream
+
+    def refuse(stream):
+        raise RuntimeError("cudaErrorInvalidResourceHandle: invalid resource handle\ndetail")
+
+    fake_cupy.install_for_streams(monkeypatch, record=refuse)
+    refusal = cupy_refusal(FakeStream())
+    assert refusal == "RuntimeError: cudaErrorInvalidResourceHandle: invalid resource handle"
+
+
+def test_the_slice_stream_is_wrapped_through_the_stream_protocol_where_cupy_can(monkeypatch):
+    from mfugap.suites.test_mig_slices import cupy_stream
+
+    fake = fake_cupy.install_for_streams(monkeypatch)
+
+    class CUstream:
+        def __cuda_stream__(self):
+            return (0, 0x5EA)
+
+        def __int__(self):
+            return 0x5EA
+
+    assert cupy_stream(CUstream()).ptr == 0x5EA  # a CuPy without Stream.from_external
+    fake.cuda.Stream = SimpleNamespace(from_external=lambda obj: ("protocol", obj.__cuda_stream__()[1]))
+    assert cupy_stream(CUstream()) == ("protocol", 0x5EA)
