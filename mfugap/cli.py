@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="only the cases matching this pytest -k expression, e.g. \"not naive\"")
     run.add_argument("--results-dir", type=Path, help="where results go (default: the checkout's results/)")
     run.add_argument("--no-save", action="store_true", help="do not write a results file")
+    run.add_argument("--list", action="store_true",
+                     help="list the cases the run would measure, and the least device time they need "
+                          "(no GPU needed)")
 
     report = sub.add_parser("report", help="print the tables of every results file")
     report.add_argument("--results-dir", type=Path, help="folder to read (default: the checkout's results/)")
@@ -205,17 +208,22 @@ def _run(args: argparse.Namespace) -> int:
     from mfugap.device import gpu_unavailable_reason
     from mfugap.plugin import SUITES_DIR
 
+    paths = [str(SUITES_DIR / f"test_{name}.py") for name in args.suite or []] or [str(SUITES_DIR)]
+    # mfugap is imported before pytest starts, so pytest cannot rewrite its asserts, and says so
+    base = [*plugin_options(), "--benchmark", "-p", "no:cacheprovider",
+            "-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    selection = ["--mfugap-quick"] * args.quick + (["-k", args.keyword] if args.keyword else [])
+    if args.list:
+        code = pytest.main([*paths, *base, "--collect-only", "-q", *selection])
+        return EXIT_OK if code == pytest.ExitCode.OK else _exit_code(code)
     reason = gpu_unavailable_reason()
     if reason is not None:
         print(f"mfugap run: no GPU visible: {reason}", file=sys.stderr)
         print("mfugap run: showing the recorded tables instead", file=sys.stderr)
         _report(argparse.Namespace(results_dir=args.results_dir, format="table"))
         return EXIT_NO_GPU
-    paths = [str(SUITES_DIR / f"test_{name}.py") for name in args.suite or []] or [str(SUITES_DIR)]
-    options = [*plugin_options(), "--benchmark", "-p", "no:cacheprovider", "-rfEs"]
-    options += ["--mfugap-quick"] * args.quick + ["--mfugap-no-save"] * args.no_save
-    if args.keyword:
-        options += ["-k", args.keyword]
+    options = [*base, "-rfEs", *selection]
+    options += ["--mfugap-no-save"] * args.no_save
     if args.results_dir:
         options += ["--mfugap-results-dir", str(args.results_dir)]
     # MIG enabled: one process per instance, since a CUDA process sees only one; the worst child decides

@@ -138,6 +138,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"no GPU: {state.no_gpu_reason()}"))
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """With --collect-only, how much device time the selected suite cases need at the least."""
+    config = session.config
+    cases = [item for item in session.items if _is_suite(item)]
+    if config.option.collectonly and config.option.mfugap_benchmark and cases:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(windows_estimate(len(cases), config.stash[STATE_KEY].window()))
+
+
+def windows_estimate(cases: int, config: harness.WindowConfig) -> str:
+    """Every case measures one window after its warm-up: a lower bound on a run's device time (setup,
+    verification and launches longer than a window come on top), derived, not measured."""
+    seconds = cases * (config.window_s + config.warmup_s)
+    return (f"mfugap: {cases} cases; their windows and warm-ups alone take at least {seconds:.0f} s "
+            f"({config.window_s:g} s + {config.warmup_s:g} s each; derived, not measured)")
+
+
 @pytest.fixture(scope="session")
 def gpu(request: pytest.FixtureRequest) -> harness.GpuContext:
     """The GPU under test; the test is skipped with the reason when none is usable."""

@@ -156,3 +156,17 @@ def test_a_closed_pipe_ends_quietly(command):
                           shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
     assert proc.stderr == ""
     assert proc.stdout.strip() == str(cli.EXIT_FAILED)
+
+
+def test_run_list_shows_the_cases_and_their_least_device_time_without_a_gpu(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "mfugap.cli", "run", "--list", "--quick", "--suite",
+                           "foundation", "-k", "not spin"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == cli.EXIT_OK, proc.stdout + proc.stderr
+    cases = [line for line in proc.stdout.splitlines() if "::test_" in line]
+    assert len(cases) == 2 and not any("spin" in case for case in cases)
+    # 2 quick windows of 0.8 s, each after 0.15 s of warm-up
+    assert "mfugap: 2 cases; their windows and warm-ups alone take at least 2 s (0.8 s + 0.15 s each; " \
+           "derived, not measured)" in proc.stdout
+    assert "warning" not in proc.stdout.lower() and "Traceback" not in proc.stderr
