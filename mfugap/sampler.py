@@ -7,9 +7,11 @@
 
 GPU-Util comes from NVML's own sample buffer (nvmlDeviceGetSamples), not from polling: each sample covers
 one driver period (1/6 s to 1 s), and only samples whose period lies inside the window describe it. The
-window is found from NVML timestamps alone (no assumption about their clock base): the newest sample that
-exists at start() is the marker, the first sample after it straddles the start and is dropped, the rest
-are inside. GPM (Hopper and newer) is read as the difference of two samples, one at start and one at stop.
+window is found from NVML timestamps: the newest sample that exists at start() is the marker, the first
+sample after it straddles the start and is dropped, the rest are inside. NVML documents the timestamps as
+CPU time in microseconds; where they read as this host's wall clock, a sample must also have begun its
+period after start(), which drops a straddling sample the driver published late. GPM (Hopper and newer)
+is read as the difference of two samples, one at start and one at stop.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ GPM_METRICS: dict[str, int] = {
 }
 
 DRAIN_EVERY_S = 0.5  # NVML keeps a short ring of util samples: read it long before it wraps
+WALL_CLOCK_SLACK_US = 60_000_000  # timestamps this close to time.time() are taken as that clock
 GPM_MIN_INTERVAL_S = 0.1  # NVML needs GPM samples more than 100 ms apart
 JOIN_TIMEOUT_S = 5.0  # longer than any healthy NVML call; a thread still alive then is stuck
 
@@ -192,6 +195,7 @@ class _UtilWindow:
         self._handle = handle
         self.mode = "buffer"  # "poll": no sample buffer on this GPU; "failed": the buffer query broke
         self.marker = 0
+        self._start_us = 0  # time.time() at begin(), in microseconds
         self._last_ts = 0
         self._seen: dict[int, int] = {}  # timestamp (us) -> percent, every sample read
         self._notes: list[str] = []
@@ -214,6 +218,7 @@ class _UtilWindow:
         return samples
 
     def begin(self) -> None:
+        self._start_us = time.time_ns() // 1000
         if self._read(0) is None and self.mode == "buffer":
             self._notes.append(EMPTY_BUFFER_NOTE)
         self.marker = self._last_ts
@@ -236,13 +241,16 @@ class _UtilWindow:
         if self.mode == "failed":
             return _UtilResult(None, 0, _join_notes(self._notes), period)
         # the first sample after the marker began before the window: drop it
-        inside = [value for ts, value in sorted(self._seen.items()) if ts > self.marker][1:]
+        inside = [(ts, value) for ts, value in sorted(self._seen.items()) if ts > self.marker][1:]
+        if period is not None and abs(self._last_ts - time.time_ns() // 1000) < WALL_CLOCK_SLACK_US:
+            inside = [(ts, value) for ts, value in inside if ts - period * 1e6 >= self._start_us]
+        values = [value for _, value in inside]
         notes = list(self._notes)
         if not inside:
             period_text = f"~{period:.2f} s" if period is not None else "unknown"
             notes.append(f"no NVML utilization sample fell inside the {duration_s:.2f} s window "
                          f"(sample period {period_text})")
-        return _UtilResult(_mean(inside), len(inside), _join_notes(notes), period)
+        return _UtilResult(_mean(values), len(values), _join_notes(notes), period)
 
 
 class _GpmWindow:

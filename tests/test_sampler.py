@@ -73,6 +73,23 @@ def test_util_keeps_only_samples_inside_the_window():
     assert stats.util_period_s == pytest.approx(PERIOD_US / 1e6)
 
 
+def test_util_on_the_host_clock_drops_a_straddling_sample_published_late():
+    """NVML timestamps are CPU microseconds. A driver that publishes a sample after start() though its
+    period began before it (idle then) would have the marker logic keep that sample; read against the
+    host clock, only samples whose whole period follows start() count."""
+    now = time.time_ns() // 1000
+    nvml = make_nvml(util_samples=[(now - 3 * PERIOD_US, 0), (now - 2 * PERIOD_US, 0)])
+
+    def publish():
+        t = time.time_ns() // 1000  # after start()
+        nvml.add_samples((t - PERIOD_US, 0),  # its period ended before the window: late
+                         (t + 10_000, 0),  # began before start(): straddles it
+                         (t + PERIOD_US + 20_000, 100), (t + 2 * PERIOD_US + 20_000, 90))
+
+    stats = window(nvml, body=publish, gpm=False)
+    assert (stats.gpu_util_pct, stats.util_samples) == (95.0, 2)
+
+
 def test_util_samples_are_drained_before_the_nvml_ring_wraps(monkeypatch):
     monkeypatch.setattr(sampler_module, "DRAIN_EVERY_S", 0.0)
     nvml = make_nvml(util_samples=[(T0, 1)])
