@@ -57,3 +57,19 @@ def test_short_launches_are_captured_into_a_graph(ctx, make):
     assert row["status"] == "ok", row["reason"]
     assert row["launches_per_call"] > 1, row["timing_note"]
     assert row["timing_note"] is None
+
+
+def test_cupy_events_and_kernels_run_on_a_green_context_stream(ctx):
+    """The emulated MIG slices time CuPy work on a green context's stream with events made in the
+    primary context; whether the driver takes that is settled here (the suite skips where it does not)."""
+    from mfugap import green
+    from mfugap.suites.test_mig_slices import cupy_refusal, cupy_stream
+
+    if ctx.device.mig_mode:
+        pytest.skip("MIG is enabled: green contexts are not used")
+    try:
+        contexts = green.GreenContexts(green.load_driver(), ctx.device.index)
+    except green.GreenContextUnavailable as exc:
+        pytest.skip(f"green contexts unavailable: {exc}")
+    with contexts.slice("probe", 16, ctx.device.compute_capability) as piece:
+        assert cupy_refusal(cupy_stream(piece.stream)) is None
