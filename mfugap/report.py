@@ -279,17 +279,59 @@ def _markdown_legend() -> str:
     return "\n".join(["**Legend**", "", *(f"- `{term}`: {meaning}" for term, meaning in legend())])
 
 
-def _text_report(runs: list[dict], gpu_block: Callable[[list[dict]], str], legend_block: str) -> str:
+TARGETS_TITLE = "Performance targets per GPU (read off the rows by the suite summaries; newest measurement)"
+
+
+def targets_table(runs: list[dict]) -> tuple[list[str], list[list[str]]] | None:
+    """One row per target the suites' summaries read (their "targets" dicts), one column per GPU: the
+    verdict of the newest run that measured it, else 'not measured'. None when no run has a target."""
+    groups = by_gpu(runs)
+    names: dict[str, None] = {}
+    verdicts = []
+    for group in groups:
+        found: dict[str, str] = {}
+        for run in group:  # oldest first: a later measurement replaces an earlier one
+            for summary in (run.get("summaries") or {}).values():
+                targets = summary.get("targets") if isinstance(summary, dict) else None
+                for name, verdict in (targets if isinstance(targets, dict) else {}).items():
+                    names.setdefault(name)
+                    if verdict != "not measured" or name not in found:
+                        found[name] = _text(verdict)
+        verdicts.append(found)
+    if not names:
+        return None
+    headers = ["target", *(group[0]["gpu"]["name"] for group in groups)]
+    return headers, [[name, *(found.get(name, "not measured") for found in verdicts)] for name in names]
+
+
+def _plain_targets(runs: list[dict]) -> list[str]:
+    table = targets_table(runs)
+    if table is None:
+        return []
+    headers, rows = table
+    return [f"{TARGETS_TITLE}\n" + tabulate(rows, headers, tablefmt="simple", disable_numparse=True)]
+
+
+def _markdown_targets(runs: list[dict]) -> list[str]:
+    table = targets_table(runs)
+    if table is None:
+        return []
+    headers, rows = table
+    return [f"### {TARGETS_TITLE}\n\n" + tabulate(rows, headers, tablefmt="github", disable_numparse=True)]
+
+
+def _text_report(runs: list[dict], gpu_block: Callable[[list[dict]], str],
+                 targets: Callable[[list[dict]], list[str]], legend_block: str) -> str:
     blocks = [gpu_block(group) for group in by_gpu(runs)] or ["no runs"]
-    return "\n\n".join([*blocks, legend_block]) + "\n"
+    return "\n\n".join([*blocks, *targets(runs), legend_block]) + "\n"
 
 
 def _render_table(runs: list[dict]) -> str:
-    return _text_report(runs, _plain_gpu, _plain_legend())
+    return _text_report(runs, _plain_gpu, _plain_targets, _plain_legend())
 
 
 def _render_markdown(runs: list[dict]) -> str:
-    return _text_report(runs, _markdown_gpu, _markdown_legend())
+    return _text_report(runs, _markdown_gpu, _markdown_targets, _markdown_legend())
 
 
 def _render_csv(runs: list[dict]) -> str:

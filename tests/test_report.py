@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mfugap.report import FORMATS, columns, legend, render_run, render_runs
+from mfugap.report import FORMATS, TARGETS_TITLE, columns, legend, render_run, render_runs, targets_table
 from mfugap.results import build_run, run_id
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "driver_version": "560.35.03", "sm_count": 132,
@@ -232,3 +232,34 @@ def test_every_runs_summary_stays_under_the_newest_lesson() -> None:
     assert "foundation: New wording. measured [1]: targets: cuBLAS bf16 79.1 (met: >= 75) measured [2]: " \
            "targets: cuBLAS bf16 not measured" in note
     assert "Old wording." not in note
+
+
+def _with_targets(gpu: dict, created_utc: str, **targets: str) -> dict:
+    run = _run(gpu, [_gemm()], created_utc=created_utc)
+    run["summaries"] = {"foundation": {"targets": targets, "other": 1.0}}
+    return run
+
+
+def test_targets_table_has_a_row_per_target_and_a_column_per_gpu() -> None:
+    runs = [
+        _with_targets(H100, "2026-11-25T12:00:00Z", triad="91.2 (met: >= 90)", cublas="not measured"),
+        _with_targets(A100, "2026-11-25T13:00:00Z", triad="84 (missed: >= 90)"),
+        # a later quick run of the H100 measured cuBLAS, and not the triad: the earlier triad stands
+        _with_targets(H100, "2026-11-26T12:00:00Z", triad="not measured", cublas="79.1 (met: >= 75)"),
+    ]
+    headers, rows = targets_table(runs)
+    assert headers == ["target", H100["name"], A100["name"]]
+    assert rows == [["triad", "91.2 (met: >= 90)", "84 (missed: >= 90)"],
+                    ["cublas", "79.1 (met: >= 75)", "not measured"]]
+    text = render_runs(runs, "table")
+    assert text.index(TARGETS_TITLE) > text.rindex(A100["name"] + ";")  # after the GPU tables
+    assert text.index(TARGETS_TITLE) < text.index("Legend:")
+    assert f"### {TARGETS_TITLE}" in render_runs(runs, "markdown")
+    assert TARGETS_TITLE not in render_runs(runs, "csv")
+
+
+def test_no_targets_no_targets_table() -> None:
+    run = _run(H100, [_gemm()])
+    assert targets_table([run]) is None and TARGETS_TITLE not in render_runs([run], "table")
+    run["summaries"] = {"roofline": {"targets": "hand-edited"}}
+    assert targets_table([run]) is None
