@@ -304,34 +304,29 @@ def targets_table(runs: list[dict]) -> tuple[list[str], list[list[str]]] | None:
     return headers, [[name, *(found.get(name, "not measured") for found in verdicts)] for name in names]
 
 
-def _plain_targets(runs: list[dict]) -> list[str]:
+def _targets_block(runs: list[dict], tablefmt: str, heading: str) -> list[str]:
+    """The targets table under `heading`, as one block; none when no run has a target."""
     table = targets_table(runs)
     if table is None:
         return []
     headers, rows = table
-    return [f"{TARGETS_TITLE}\n" + tabulate(rows, headers, tablefmt="simple", disable_numparse=True)]
+    return [heading + tabulate(rows, headers, tablefmt=tablefmt, disable_numparse=True)]
 
 
-def _markdown_targets(runs: list[dict]) -> list[str]:
-    table = targets_table(runs)
-    if table is None:
-        return []
-    headers, rows = table
-    return [f"### {TARGETS_TITLE}\n\n" + tabulate(rows, headers, tablefmt="github", disable_numparse=True)]
-
-
-def _text_report(runs: list[dict], gpu_block: Callable[[list[dict]], str],
-                 targets: Callable[[list[dict]], list[str]], legend_block: str) -> str:
+def _text_report(runs: list[dict], gpu_block: Callable[[list[dict]], str], targets: list[str],
+                 legend_block: str) -> str:
     blocks = [gpu_block(group) for group in by_gpu(runs)] or ["no runs"]
-    return "\n\n".join([*blocks, *targets(runs), legend_block]) + "\n"
+    return "\n\n".join([*blocks, *targets, legend_block]) + "\n"
 
 
 def _render_table(runs: list[dict]) -> str:
-    return _text_report(runs, _plain_gpu, _plain_targets, _plain_legend())
+    return _text_report(runs, _plain_gpu, _targets_block(runs, "simple", f"{TARGETS_TITLE}\n"),
+                        _plain_legend())
 
 
 def _render_markdown(runs: list[dict]) -> str:
-    return _text_report(runs, _markdown_gpu, _markdown_targets, _markdown_legend())
+    return _text_report(runs, _markdown_gpu, _targets_block(runs, "github", f"### {TARGETS_TITLE}\n\n"),
+                        _markdown_legend())
 
 
 def _render_csv(runs: list[dict]) -> str:
