@@ -283,17 +283,19 @@ TARGETS_TITLE = "Performance targets per GPU (read off the rows by the suite sum
 
 
 def targets_table(runs: list[dict]) -> tuple[list[str], list[list[str]]] | None:
-    """One row per target the suites' summaries read (their "targets" dicts), one column per GPU: the
-    verdict of the newest run that measured it, else 'not measured'. None when no run has a target."""
+    """One row per target the suites' summaries read (their "targets" dicts), named '<suite>: <target>'
+    (two suites may read a target of the same name), one column per GPU: the verdict of the newest run
+    that measured it, else 'not measured'. None when no run has a target."""
     groups = by_gpu(runs)
     names: dict[str, None] = {}
     verdicts = []
     for group in groups:
         found: dict[str, str] = {}
         for run in group:  # oldest first: a later measurement replaces an earlier one
-            for summary in (run.get("summaries") or {}).values():
+            for suite, summary in (run.get("summaries") or {}).items():
                 targets = summary.get("targets") if isinstance(summary, dict) else None
-                for name, verdict in (targets if isinstance(targets, dict) else {}).items():
+                for target, verdict in (targets if isinstance(targets, dict) else {}).items():
+                    name = f"{suite}: {target}"
                     names.setdefault(name)
                     if verdict != "not measured" or name not in found:
                         found[name] = _text(verdict)

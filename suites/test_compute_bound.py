@@ -17,9 +17,10 @@ from mfugap.plugin import quick_subset
 
 LESSON = """Even with no memory traffic at all, the top of the roofline sits below the datasheet: the
 register-only loops reach each pipe's peak only at the SM clock the card holds under load (compare MFU
-with the clock-adjusted figure), fp16 math on the FMA pipe tops out at 1/8 of the fp16 tensor peak, and
-on Hopper an mma.sync loop stays below what cuBLAS gets through wgmma. cuBLAS is the vendor's reference:
-a hand-written kernel is judged against its row, not against the datasheet."""
+with the clock-adjusted figure), fp16 math on the FMA pipe tops out at a fraction of the fp16 tensor peak
+(1/8 on Hopper, 1/4 on an A100, by NVIDIA's per-SM rates), and on Hopper an mma.sync loop stays below
+what cuBLAS gets through wgmma. cuBLAS is the vendor's reference: a hand-written kernel is judged
+against its row, not against the datasheet."""
 
 CUBLAS_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 ALSO_AGAINST_BF16 = ("fp32", "tf32")  # what the same GEMM would be worth on the bf16 tensor cores
@@ -30,7 +31,8 @@ def test_peak_fma(measure, gpu, precision):
     """Minsky FMA chains in registers, x -= e*y; y += e*x: FLOPs = threads x steps x 16 FMAs x 2 per lane.
 
     fp32 (FFMA) and fp64 (DFMA, the vector FP64 peak) against their own peaks; fp16 is HFMA2 on __half2
-    (two lanes, 4 FLOPs an instruction) against the fp16 tensor peak, at most ~1/8 of it, and against fp32.
+    (two lanes, 4 FLOPs an instruction) against the fp16 tensor peak, at most 512 / the tensor rate per
+    SM of it (1/8 on Hopper, 1/4 on an A100), and against fp32.
     """
     measure(peak.FmaPeak(precision, gpu.device.sm_count))
 

@@ -4,8 +4,10 @@ The GEMM sweep is C[B x N] = A[B x K] @ W[K x N] in bf16 for B = 1, 2, 4, ... 81
 at an LLM MLP up-projection (K = 4096, N = 14336), through cuBLAS and, where kernels/mma_gemm.py is
 present, the hand-written mma.sync rung. Intensity is 2BNK / 2(BK + KN + BN) ~ B FLOP/byte while
 B << K, N: at B = 1 each weight is read for one multiply-add, the GEMM is memory-bound, and MFU falls
-to about 1%. Each label shows the intensity and the waves, output tiles / SMs for a nominal 128 x 128
-tile (cuBLAS picks its own tile, unknown to us): under one wave, some SMs get no tile at all.
+well under 1%: the roofline caps it at bandwidth x ~1 FLOP/byte over the bf16 peak (0.34% on an H100
+SXM from its datasheet, a derived bound, not a measurement). Each label shows the intensity and the
+waves, output tiles / SMs for a nominal 128 x 128 tile (cuBLAS picks its own tile, unknown to us): under
+one wave, some SMs get no tile at all.
 
 The launch-bound limit: 1000 tiny axpy kernels per step launched from Python, against the same 1000
 replayed from a CUDA graph (kernels/launch_bound.py).
@@ -24,8 +26,9 @@ from mfugap.plugin import quick_subset
 from mfugap.workload import Workload
 
 LESSON = """GPU-Util stays near 100% across the batch sweep while MFU falls from most of the tensor peak at
-large B to about 1% at B = 1: a small batch reads every weight for a handful of FLOPs (intensity ~B
-FLOP/byte) and leaves SMs without a tile (waves < 1). Tiny kernels launched one by one from Python leave
+large B to well under 1% at B = 1, where even the roofline allows only bandwidth x ~1 FLOP/byte: a small
+batch reads every weight for a handful of FLOPs (intensity ~B FLOP/byte) and leaves SMs without a tile
+(waves < 1). Tiny kernels launched one by one from Python leave
 the GPU idle between launches; a CUDA graph closes those gaps, so GPU-Util rises while MFU stays near
 zero, because each kernel does almost no math."""
 
@@ -34,6 +37,7 @@ MAX_BATCH = 8192
 QUICK_BATCHES = (1, 16, 256, 4096)
 QUICK_MLP_BATCH = 1  # one decoding step: the case the MLP row is there for
 NOMINAL_TILE = 128
+MIN_SWEEP = 3  # batch sizes a sweep needs before its maximum and half-max mean anything
 WAVES_KEY = f"waves@{NOMINAL_TILE}x{NOMINAL_TILE}"
 CHAIN_N, CHAIN_COUNT = 4096, 1000
 
@@ -70,21 +74,25 @@ def with_shape_notes(gemm: Workload, sm_count: int | None) -> Workload:
 
 
 def summarize(rows: list[dict]) -> dict[str, dict]:
-    """Per GEMM and weight shape: the largest MFU, the B it came at, and the first B reaching half of it."""
+    """Per GEMM and weight shape swept over at least MIN_SWEEP batch sizes: the largest MFU, the B it came
+    at, and the first B reaching half of it with the B measured before it (half-max lies in between)."""
     names = {factory.name for factory in GEMMS.values()}
     sweeps: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         p = row["params"]
         if row["workload"] in names and row["mfu_pct"] is not None:
             sweeps.setdefault(f"{row['workload']} K={p['k']} N={p['n']}", []).append((p["m"], row["mfu_pct"]))
-    return {key: _half_max(sorted(points)) for key, points in sorted(sweeps.items())}
+    return {key: _half_max(sorted(points)) for key, points in sorted(sweeps.items())
+            if len(points) >= MIN_SWEEP}
 
 
 def _half_max(points: list[tuple[int, float]]) -> dict:
-    """(B, MFU %) sorted by B -> the maximum and the first B whose MFU is at least half of it."""
+    """(B, MFU %) sorted by B -> the maximum, the first B whose MFU is at least half of it, and the B
+    measured before that one (None when the first B already reaches half)."""
     best_b, best = max(points, key=lambda p: p[1])
-    half_b = next(b for b, mfu in points if mfu >= best / 2)
-    return {"max MFU %": best, "at B": best_b, "half-max MFU from B": half_b}
+    i = next(i for i, (_, mfu) in enumerate(points) if mfu >= best / 2)
+    return {"max MFU %": best, "at B": best_b, "half-max MFU from B": points[i][0],
+            "below half at B": points[i - 1][0] if i else None}
 
 
 @pytest.mark.parametrize("gemm_case", quick_subset(gemm_cases(quick=False), gemm_cases(quick=True)),

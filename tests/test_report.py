@@ -249,13 +249,21 @@ def test_targets_table_has_a_row_per_target_and_a_column_per_gpu() -> None:
     ]
     headers, rows = targets_table(runs)
     assert headers == ["target", H100["name"], A100["name"]]
-    assert rows == [["triad", "91.2 (met: >= 90)", "84 (missed: >= 90)"],
-                    ["cublas", "79.1 (met: >= 75)", "not measured"]]
+    assert rows == [["foundation: triad", "91.2 (met: >= 90)", "84 (missed: >= 90)"],
+                    ["foundation: cublas", "79.1 (met: >= 75)", "not measured"]]
     text = render_runs(runs, "table")
     assert text.index(TARGETS_TITLE) > text.rindex(A100["name"] + ";")  # after the GPU tables
     assert text.index(TARGETS_TITLE) < text.index("Legend:")
     assert f"### {TARGETS_TITLE}" in render_runs(runs, "markdown")
     assert TARGETS_TITLE not in render_runs(runs, "csv")
+
+
+def test_a_target_two_suites_read_keeps_both_verdicts() -> None:
+    run = _run(H100, [_gemm()])
+    run["summaries"] = {"foundation": {"targets": {"triad MBU %": "91 (met: >= 90)"}},
+                        "memory_bound": {"targets": {"triad MBU %": "89.9 (missed: >= 90)"}}}
+    assert targets_table([run])[1] == [["foundation: triad MBU %", "91 (met: >= 90)"],
+                                       ["memory_bound: triad MBU %", "89.9 (missed: >= 90)"]]
 
 
 def test_no_targets_no_targets_table() -> None:

@@ -92,15 +92,21 @@ def _row(workload, m, n, mfu, k=4096):
 def test_summary_finds_where_mfu_reaches_half_its_maximum_per_gemm_and_shape():
     mfu = {1: 0.8, 2: 1.6, 64: 30.0, 128: 41.0, 256: 60.0, 8192: 70.0, 4096: 72.0}
     rows = [_row("cublas_gemm", b, 4096, v) for b, v in mfu.items()]
-    rows += [_row("cublas_gemm", 1, 14336, 1.1), _row("cublas_gemm", 16, 14336, 9.0)]
+    rows += [_row("cublas_gemm", 1, 14336, 1.1), _row("cublas_gemm", 16, 14336, 9.0),
+             _row("cublas_gemm", 2, 14336, 5.0)]
     rows += [_row("cublas_gemm", 32, 4096, None)]  # no peak known: ignored
     rows += [{"workload": "axpy_chain_graph", "params": {"n": 4096, "count": 1000}, "mfu_pct": 0.01}]
+    rows += [_row("gemm_mma_sync", 1, 14336, 0.3)]  # one point (the quick MLP row): no sweep to read
     summary = small_batch.summarize(rows)
     assert summary == {
-        "cublas_gemm K=4096 N=14336": {"max MFU %": 9.0, "at B": 16, "half-max MFU from B": 16},
-        "cublas_gemm K=4096 N=4096": {"max MFU %": 72.0, "at B": 4096, "half-max MFU from B": 128},
+        "cublas_gemm K=4096 N=14336": {"max MFU %": 9.0, "at B": 16, "half-max MFU from B": 2,
+                                       "below half at B": 1},
+        "cublas_gemm K=4096 N=4096": {"max MFU %": 72.0, "at B": 4096, "half-max MFU from B": 128,
+                                      "below half at B": 64},
     }
     assert small_batch.summarize([]) == {}
+    flat = [_row("cublas_gemm", b, 4096, 50.0) for b in (1, 2, 4)]
+    assert small_batch.summarize(flat)["cublas_gemm K=4096 N=4096"]["below half at B"] is None
 
 
 def test_tiny_chain_counts_every_kernel():
