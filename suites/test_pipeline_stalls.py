@@ -60,3 +60,18 @@ def test_input_copy(measure, quick, host_memory):
     pageable memory, then computes C = A @ B on it: step = copy + t_kernel. The row's bytes stay the
     GEMM's 3 * 2 * size^2: the copy is overhead in the step, not model traffic."""
     measure(stalls.InputCopy(gemm_size(quick), host_memory=host_memory))
+
+
+def summarize(rows: list[dict]) -> dict:
+    """The loader sweep read against its lesson: per duty cycle, MFU over the 100% row's MFU (the GPU's
+    busy share, which the lesson expects to equal the duty) beside GPU-Util, from the rows."""
+    loader = {r["params"]["duty_pct"]: r for r in rows if r["workload"] == stalls.LoaderStarved.name}
+    full = loader.get(100)
+    if not full or not full["mfu_pct"]:
+        return {}
+    out = {}
+    for duty, row in sorted(loader.items(), reverse=True):
+        ratio = row["mfu_pct"] / full["mfu_pct"] if row["mfu_pct"] is not None else None
+        out[f"duty {duty}%"] = {"MFU / MFU at 100%": ratio, "expected": duty / 100,
+                                "GPU-Util %": row["gpu_util_pct"]}
+    return out

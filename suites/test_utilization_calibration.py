@@ -45,3 +45,12 @@ def test_spin_occupies_a_share_of_the_sms(measure, gpu, share):
     measure(spin.Spin(blocks=blocks, ms=20.0, one_per_sm=blocks <= sms).annotate(
         expected_sm_util_pct=round(expected_sm_util_pct(blocks, sms), 1)))
 
+
+
+def summarize(rows: list[dict]) -> dict:
+    """The lesson read off the rows: per spin, GPU-Util and GPM SM util beside the SM util its grid
+    stands for (blocks on distinct SMs / SMs, noted on the row when it was measured)."""
+    return {r["label"]: {"GPU-Util %": r["gpu_util_pct"], "SM util %": r["sm_util_pct"],
+                         "expected SM util %": r["params"]["expected_sm_util_pct"]}
+            for r in rows
+            if r["workload"] == spin.Spin.name and r["params"].get("expected_sm_util_pct") is not None}

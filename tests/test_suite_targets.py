@@ -55,3 +55,32 @@ def test_gemm_ladder_target_counts_register_blocked_rungs_at_4096_only():
             row("gemm_warptiled", "rung 5 at 8192", m=8192, tflops=40.0)]  # other size: not counted
     targets = test_gemm_ladder.summarize(rows)["targets"]
     assert targets == {"best register-blocked rung 4096^3 % of cuBLAS": "55 (missed: >= 60)"}
+
+
+def test_stalls_summary_reads_the_loader_sweep_against_its_duty():
+    from mfugap.kernels import stalls
+    from mfugap.suites import test_pipeline_stalls
+
+    def loader(duty, mfu, util):
+        return {"workload": stalls.LoaderStarved.name, "params": {"duty_pct": duty}, "mfu_pct": mfu,
+                "gpu_util_pct": util}
+
+    rows = [loader(100, 60.0, 100.0), loader(25, 16.5, 27.0), loader(50, None, 55.0),
+            {"workload": stalls.SyncStall.name, "params": {"host_ms": 1.0}, "mfu_pct": 30.0}]
+    summary = test_pipeline_stalls.summarize(rows)
+    assert list(summary) == ["duty 100%", "duty 50%", "duty 25%"]
+    assert summary["duty 25%"] == {"MFU / MFU at 100%": 0.275, "expected": 0.25, "GPU-Util %": 27.0}
+    assert summary["duty 50%"]["MFU / MFU at 100%"] is None
+    assert test_pipeline_stalls.summarize(rows[1:]) == {}  # no 100% row: nothing to read against
+
+
+def test_calibration_summary_sets_measured_sm_util_beside_the_grid():
+    from mfugap.kernels import spin
+    from mfugap.suites import test_utilization_calibration
+
+    rows = [{"workload": spin.Spin.name, "label": "spin blocks=26", "gpu_util_pct": 100.0,
+             "sm_util_pct": 19.4, "params": {"blocks": 26, "expected_sm_util_pct": 19.7}},
+            {"workload": spin.Spin.name, "label": "spin (foundation)", "gpu_util_pct": 99.0,
+             "sm_util_pct": 0.8, "params": {"blocks": 1}}]
+    assert test_utilization_calibration.summarize(rows) == {
+        "spin blocks=26": {"GPU-Util %": 100.0, "SM util %": 19.4, "expected SM util %": 19.7}}
