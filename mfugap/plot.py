@@ -14,6 +14,7 @@ from typing import Any
 
 import matplotlib
 from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
+from matplotlib.patches import Patch
 
 from mfugap.report import by_gpu, title
 from mfugap.results import folder_name
@@ -66,13 +67,17 @@ def gap_chart(group: list[dict]) -> Figure:
         for n, row in enumerate(cases):
             if not _measured(row.get(key)):
                 ax.text(1, n + offset, "n/a", va="center", fontsize=6, color=f"C{i}")
-    ax.set_yticks(range(len(cases)), [f"{row.get('suite')}: {row.get('label')}" for row in cases],
-                  fontsize=7)
-    ax.invert_yaxis()  # first case on top, as in the table
-    ax.set_xlim(0, 105)
+    ax.set_yticks(range(len(cases)), [f"{row.get('suite')}: {row.get('label') or row.get('workload')}"
+                                      for row in cases], fontsize=7)
+    # every case's slot shown, first on top as in the table, whatever has bars (a MIG slice: MFU only)
+    ax.set_ylim(max(len(cases), 1) - 0.5, -0.5)
+    values = [row[key] for row in cases for key, _ in GAP_BARS if _measured(row.get(key))]
+    ax.set_xlim(0, max(105, 1.05 * max(values, default=0)))  # MFU above 100% is shown, not cut off
     ax.set_xlabel("percent")
     ax.grid(axis="x", alpha=0.3)
-    figure.legend(loc="outside lower center", ncols=len(GAP_BARS), fontsize=7)
+    # legend entries made here: a series with no bar at all would get the first color from matplotlib
+    handles = [Patch(color=f"C{i}", label=label) for i, (_, label) in enumerate(GAP_BARS)]
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(GAP_BARS), fontsize=7)
     _suptitle(figure, group, "GPU-Util vs MFU")
     return figure
 

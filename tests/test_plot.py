@@ -13,6 +13,8 @@ from mfugap import cli
 from mfugap.results import build_run, write_run
 
 pytest.importorskip("matplotlib", reason="matplotlib is not installed (the plots extra)")
+import matplotlib.colors
+
 from mfugap import plot  # only once matplotlib is known to import
 
 GPU = {"name": "NVIDIA H100 80GB HBM3", "driver_version": "580.159.04", "sm_count": 132,
@@ -59,6 +61,26 @@ def test_a_value_not_measured_gets_no_bar_and_reads_n_a():
     util = _bars(figure, "GPU-Util")
     assert len(util) == 1 and list(util.values()) == [99.0]  # no zero-width bar standing for n/a
     assert [t.get_text() for t in figure.axes[0].texts] == ["n/a"]
+
+
+def test_a_mig_slice_with_only_mfu_keeps_every_case_in_view_and_the_legend_in_its_colors():
+    rows = [_row("gemm on 1g", gpu_util_pct=None, sm_util_pct=None, mfu_pct=61.0),
+            {**_row("triad on 1g", gpu_util_pct=None, sm_util_pct=None, mfu_pct=1.2), "label": None}]
+    figure = plot.gap_chart([_run(rows)])
+    ax = figure.axes[0]
+    assert ax.get_ylim() == (1.5, -0.5)  # both slots, first on top, n/a texts inside the axes
+    texts = ax.texts
+    assert len(texts) == 4 and all(-0.5 < t.get_position()[1] < 1.5 for t in texts)
+    (legend,) = figure.legends
+    colors = [matplotlib.colors.to_hex(h.get_facecolor()) for h in legend.legend_handles]
+    assert colors == [matplotlib.colors.to_hex(f"C{i}") for i in range(len(plot.GAP_BARS))]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["demo: gemm on 1g", "demo: triad on 1g"]
+
+
+def test_mfu_above_100_percent_is_drawn_whole():
+    figure = plot.gap_chart([_run([_row("fp16 on a GeForce", mfu_pct=107.9)])])
+    assert figure.axes[0].get_xlim()[1] >= 107.9 * 1.05
+    assert plot.gap_chart([_run([_row("gemm")])]).axes[0].get_xlim() == (0.0, 105.0)
 
 
 def test_only_ok_rows_are_drawn_and_the_newest_row_of_a_case_wins():
