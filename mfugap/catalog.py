@@ -168,7 +168,8 @@ _CATALOG: tuple[GpuSpec, ...] = (
         source="LDS, TT",
     ),
     GpuSpec(
-        key="h100-sxm", name="H100 SXM", nvml_names=("NVIDIA H100 80GB HBM3",),
+        # PCI ids 0x2330 (H100 SXM5 80GB) and 0x2331 (H100 PCIe): pci.ids, the PCI ID Repository
+        key="h100-sxm", name="H100 SXM", nvml_names=("NVIDIA H100 80GB HBM3",), pci_device_ids=(0x2330,),
         compute_capability=(9, 0), sm_count=132, boost_mhz=1980, tensor_mhz=1830,
         memory_gb=80, mem_bw_gbps=3350,
         peaks_tflops=_peaks(fp64=34, fp64_tc=67, fp32=67, tf32=494.7,
@@ -179,7 +180,9 @@ _CATALOG: tuple[GpuSpec, ...] = (
     GpuSpec(
         # H100 PCIe supports MIG, but its slice SM counts are unverified (the MIG table's H100 80GB row is
         # the SXM's 132-SM die): MIG peaks on it need the runtime SM count.
-        key="h100-pcie", name="H100 PCIe", nvml_names=("NVIDIA H100 PCIe",),
+        # Some clouds' drivers name it "NVIDIA H100 80GB HBM2e": HBM2e is the PCIe card's memory.
+        key="h100-pcie", name="H100 PCIe", nvml_names=("NVIDIA H100 PCIe", "NVIDIA H100 80GB HBM2e"),
+        pci_device_ids=(0x2331,),
         compute_capability=(9, 0), sm_count=114, boost_mhz=1755, tensor_mhz=1620,
         memory_gb=80, mem_bw_gbps=2000,
         peaks_tflops=_peaks(fp64=25.6, fp64_tc=51, fp32=51, tf32=378,
@@ -282,6 +285,7 @@ _TOKEN_RULES: tuple[tuple[frozenset[str], str], ...] = tuple(
         ("h200", "h200-sxm"),
         ("h100 nvl", "h100-nvl"),
         ("h100 pcie", "h100-pcie"),
+        ("h100 hbm2e", "h100-pcie"),
         ("h100", "h100-sxm"),
         ("l40s", "l40s"),
         ("l40", "l40"),

@@ -124,6 +124,8 @@ def test_name_variants_resolve(name, key):
         ("NVIDIA A100-SXM4-40GB", "a100-40gb", 312),
         ("NVIDIA H100 80GB HBM3", "h100-sxm", 989.4),
         ("NVIDIA H100 PCIe", "h100-pcie", 756),
+        # some clouds' name for the PCIe card: HBM2e, not the SXM's HBM3 (114 SMs, not 132)
+        ("NVIDIA H100 80GB HBM2e", "h100-pcie", 756),
         ("NVIDIA H100 NVL", "h100-nvl", 835.5),
         ("NVIDIA H200", "h200-sxm", 989.5),
         ("NVIDIA H200 NVL", "h200-nvl", 840),
@@ -150,6 +152,7 @@ def test_confusable_names_get_their_own_peak(name, key, bf16):
         ("NVIDIA A100 SXM 80GB", "a100-sxm-80gb"),
         ("NVIDIA H100 SXM5 80GB", "h100-sxm"),
         ("NVIDIA H100 PCIe 80GB", "h100-pcie"),
+        ("NVIDIA H100 HBM2e", "h100-pcie"),
         ("NVIDIA H100 NVL 94GB", "h100-nvl"),
         ("NVIDIA H200 SXM 141GB", "h200-sxm"),
         ("NVIDIA H200 NVL 141GB", "h200-nvl"),
@@ -181,6 +184,8 @@ def test_confusion_pairs_through_the_name_rules(name, key):
         # an id the catalog does not know falls back to the name
         ("NVIDIA L4", 0x27B8, "l4"),
         ("NVIDIA H100 80GB HBM3", 0x2330, "h100-sxm"),
+        ("NVIDIA H100 80GB HBM3", 0x2331, "h100-pcie"),
+        ("NVIDIA H100 PCIe", 0x2330, "h100-sxm"),
     ],
 )
 def test_pci_device_id_wins_over_the_name(name, pci_device_id, key):
