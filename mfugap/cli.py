@@ -305,11 +305,11 @@ def _trace(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     try:
         recorded = trace.record(nvml, device.handle, trace.gpu_phases(stream, args.seconds))
+        print(trace.summary_text(recorded), flush=True)  # first: what was seen survives a failed write
         path = trace.write(recorded, out)
     except trace.TraceError as exc:
         print(f"mfugap trace: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(trace.summary_text(recorded))
     print(f"mfugap trace: wrote {path}")
     return EXIT_OK
 
@@ -320,6 +320,9 @@ def _trace_refusal(device: DeviceInfo, out: Path) -> str | None:
         return "this process sees a MIG instance, which has no GPU-Util; trace a GPU with MIG disabled"
     if out.exists():  # write() refuses again at the end, should the file appear meanwhile
         return f"{out} exists and is never overwritten; choose another file with --out"
+    folder = next(p for p in out.resolve().parents if p.exists())  # the root exists, so one does
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder: {out} cannot be written there; choose another --out"
     return None
 
 

@@ -580,7 +580,11 @@ def write(trace: dict, path: str | os.PathLike) -> Path:
     try:
         return write_new([path], to_text(trace))
     except FileExistsError:
-        raise TraceError(f"{path}: exists; a trace is never overwritten") from None
+        if path.exists():
+            raise TraceError(f"{path}: exists; a trace is never overwritten") from None
+        raise TraceError(f"{path}: not written: a file stands where a folder on its path should be") from None
+    except OSError as err:  # a full disk, a read-only folder: said as it is
+        raise TraceError(f"{path}: not written: {err.strerror or err}") from None
 
 
 def traces_dir() -> Path:

@@ -601,6 +601,28 @@ def test_cli_trace_records_prints_a_summary_and_never_overwrites(tmp_path, monke
     assert load(out) == trace
 
 
+def test_cli_trace_refuses_an_out_under_a_file_before_recording(tmp_path, monkeypatch, capsys):
+    _fake_gpu_for_the_cli(monkeypatch)
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["trace", "--out", str(tmp_path / "afile" / "t.json")]) == cli.EXIT_USAGE
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_cli_trace_keeps_the_summary_when_the_write_fails(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def disk_full(candidates, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    _fake_gpu_for_the_cli(monkeypatch)
+    monkeypatch.setattr(trace_module, "write_new", disk_full)
+    assert cli.main(["trace", "--out", str(tmp_path / "t.json"), "--seconds", "0.5"]) == cli.EXIT_FAILED
+    captured = capsys.readouterr()
+    assert SPIN_PHASE in captured.out and "sample period" in captured.out  # what was seen is printed
+    assert captured.err.splitlines()[-1] == (f"mfugap trace: {tmp_path / 't.json'}: not written: "
+                                             "No space left on device")
+
+
 def test_cli_trace_refuses_a_mig_instance(tmp_path, monkeypatch, capsys):
     mig = SimpleNamespace(is_mig=True, name="GPU MIG 1g.10gb", driver_version="1")
     _fake_gpu_for_the_cli(monkeypatch, mig)
