@@ -482,7 +482,8 @@ def resolve(
 
     MIG names ("<parent> MIG <profile>") scale the parent's peaks to the slice: `sm_count` (the slice's
     runtime multiprocessorCount) wins over the catalog's MIG table. A GPU the catalog lacks gets peaks
-    derived from compute_capability, sm_count and max_sm_clock_mhz, or raises UnknownGpuError.
+    derived from compute_capability, sm_count and max_sm_clock_mhz, or raises UnknownGpuError; so does a
+    whole GPU whose runtime sm_count differs from its entry's (the name matched another card).
     """
     parent_name, profile = _split_mig(name)
     spec = _lookup(parent_name, pci_device_id)
@@ -493,8 +494,24 @@ def resolve(
         # An unknown parent's slice: the derivation used the slice's own SMs, and the whole GPU is unknown.
         return replace(resolved, mig_profile=profile, whole_gpu_peaks_tflops=dict.fromkeys(PRECISIONS))
     if profile is None:
+        if sm_count is not None and sm_count != spec.sm_count:
+            return _other_card(name, spec, sm_count, compute_capability, max_sm_clock_mhz)
         return _from_spec(name, spec)
     return _mig_slice(name, spec, profile, sm_count)
+
+
+def _other_card(name: str, spec: GpuSpec, sm_count: int, compute_capability: tuple[int, int] | None,
+                max_sm_clock_mhz: float | None) -> Resolved:
+    """A GPU whose name matched `spec` but whose SM count is another: not the card the entry describes
+    (a cloud's own name for a PCIe card, say), so its peaks are derived from what it is, and its
+    bandwidth is unknown. Where they cannot be derived, the entry stands, with the mismatch in its source."""
+    mismatch = f"{name!r} matched {spec.name}, which has {spec.sm_count} SMs, but this GPU has {sm_count}"
+    try:
+        derived = _derive(name, sm_count, compute_capability, max_sm_clock_mhz)
+    except UnknownGpuError:
+        entry = _from_spec(name, spec)
+        return replace(entry, source=f"{entry.source}; WARNING: {mismatch}: these peaks may not be its own")
+    return replace(derived, source=f"{mismatch}: {derived.source}")
 
 
 def catalog() -> list[GpuSpec]:

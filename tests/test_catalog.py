@@ -269,12 +269,27 @@ def test_derivation_falls_back_to_the_major_arch(cc, arch):
         assert resolved.peaks_tflops[precision] == (pytest.approx(expected) if expected else None)
 
 
-def test_known_gpu_ignores_derivation_info():
-    resolved = resolve("NVIDIA H100 80GB HBM3", sm_count=100, compute_capability=(9, 0),
+def test_known_gpu_with_its_own_sm_count_ignores_derivation_info():
+    resolved = resolve("NVIDIA H100 80GB HBM3", sm_count=132, compute_capability=(9, 0),
                        max_sm_clock_mhz=1000)
     assert not resolved.derived
     assert resolved.sm_count == 132
     assert resolved.peaks_tflops["bf16"] == 989.4
+
+
+def test_a_gpu_with_another_sm_count_than_its_entry_gets_derived_peaks():
+    """The name matched the SXM entry, but 114 SMs say it is another card (an H100 PCIe under a cloud's
+    name): its peaks are derived from what it is, its bandwidth unknown, the mismatch in the source."""
+    resolved = resolve("NVIDIA H100 80GB HBM3", sm_count=114, compute_capability=(9, 0),
+                       max_sm_clock_mhz=1755)
+    assert resolved.derived and resolved.sm_count == 114 and resolved.mem_bw_gbps is None
+    assert resolved.peaks_tflops["bf16"] == pytest.approx(114 * 4096 * 1755 / 1e6)
+    assert resolved.source.startswith("'NVIDIA H100 80GB HBM3' matched H100 SXM, which has 132 SMs, but "
+                                      "this GPU has 114: derived")
+    # without what a derivation needs, the entry stands, with the warning
+    kept = resolve("NVIDIA H100 80GB HBM3", sm_count=114)
+    assert not kept.derived and kept.peaks_tflops["bf16"] == 989.4
+    assert "WARNING: 'NVIDIA H100 80GB HBM3' matched H100 SXM, which has 132 SMs" in kept.source
 
 
 # --- MIG -------------------------------------------------------------------------------------------
