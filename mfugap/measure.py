@@ -197,7 +197,14 @@ def _measured(workload: Workload, ctx: GpuContext, config: WindowConfig, row: di
 
 
 def _error(row: dict, exc: Exception) -> dict:
-    return {**row, "status": "error", "reason": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"}
+    return {**row, "status": "error", "reason": one_line(exc)}
+
+
+def one_line(exc: BaseException) -> str:
+    """'<type>: <first line of the message>', or the type alone when the message is empty: a reason that
+    fits a table cell or a report line."""
+    first = (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _identity(workload: Workload, suite: str) -> dict:
@@ -264,8 +271,8 @@ def _batching(workload: Workload, ctx: GpuContext, launch: Callable[[], None], l
     try:
         return Batch(ctx.capture(launch, count), count)
     except Exception as exc:  # a library that cannot be captured still gets measured, with the caveat
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
-        return Batch(launch, 1, f"CUDA graph capture failed ({reason}): launched one by one from Python")
+        note = f"CUDA graph capture failed ({one_line(exc)}): launched one by one from Python"
+        return Batch(launch, 1, note)
 
 
 def _timing_fields(timing: Any, batch: Batch) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 
 import mfugap.kernels
 from mfugap.cuda_source import OFFLINE_ARCHS, registered
-from mfugap.measure import context_broken, verify
+from mfugap.measure import context_broken, one_line, verify
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def run_case(workload: Any, stream: Any) -> Line:
     try:
         verdict = verify(workload, stream)
     except Exception as exc:  # one broken kernel must not hide the verdicts on the others
-        return Line("failed", workload.row_label, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        return Line("failed", workload.row_label, one_line(exc))
     finally:
         workload.teardown()
     return Line("ok" if verdict.ok else "failed", workload.row_label, verdict.detail)

@@ -18,7 +18,7 @@ import pytest
 
 from mfugap import catalog, green, mig
 from mfugap.kernels import cublas_gemm, stream
-from mfugap.measure import GpuContext
+from mfugap.measure import GpuContext, one_line
 from mfugap.plugin import quick_subset
 from mfugap.workload import Workload
 
@@ -85,7 +85,7 @@ def cupy_refusal(stream: Any) -> str | None:
             event.synchronize()
             value = float(total.get())
     except Exception as exc:  # whatever the driver refuses, the reason is its first line
-        return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        return one_line(exc)
     return None if value == 28 else f"a CuPy kernel there summed 0..7 to {value}"
 
 

@@ -367,3 +367,21 @@ def test_a_sticky_cuda_error_marks_the_context_broken(monkeypatch):
     assert ctx.broken() is None
     errors.append("cudaErrorIllegalAddress: an illegal memory access was encountered")
     assert ctx.broken() == errors[0]
+
+
+def test_a_reason_is_the_exceptions_type_and_first_line():
+    from mfugap.measure import one_line
+
+    assert one_line(RuntimeError("cudaErrorIllegalAddress\nstack")) == "RuntimeError: cudaErrorIllegalAddress"
+    assert one_line(MemoryError()) == "MemoryError"  # no message: no dangling colon, no IndexError
+
+
+def test_selftest_names_an_exception_without_a_message():
+    from mfugap import selftest
+
+    class Silent(Axpy):
+        def setup(self, stream):
+            raise RuntimeError()
+
+    line = selftest.run_case(Silent(4, _clock()), FakeStream())
+    assert (line.status, line.detail) == ("failed", "RuntimeError")
