@@ -113,10 +113,11 @@ def _join_notes(notes: list[str]) -> str | None:
 
 
 class _Series:
-    """One NVML query polled through the window. Its first failure ends it: NOT_SUPPORTED stays so."""
+    """One NVML query, polled through the window or read at its start and stop. Its first failure ends
+    it: NOT_SUPPORTED stays so. `more_errors` count as failures too."""
 
-    def __init__(self, nvml: Any, read: Callable[[], Any]):
-        self._error_type = nvml.NVMLError
+    def __init__(self, nvml: Any, read: Callable[[], Any], more_errors: tuple[type[Exception], ...] = ()):
+        self._error_types = (nvml.NVMLError, *more_errors)
         self._read = read
         self.values: list = []
         self.error: str | None = None
@@ -125,59 +126,23 @@ class _Series:
         if self.error is None:
             try:
                 self.values.append(self._read())
-            except self._error_type as err:
+            except self._error_types as err:
                 self.error = str(err)
 
 
-class _Energy:
-    """The board's energy counter (mJ), read at start() and stop(): the mean power of exactly the window.
-    nvmlDeviceGetPowerUsage, polled instead where there is no counter, is on Ampere and newer itself a
-    trailing 1 s average, which mixes the second before a window (verification, warm-up) into it."""
-
-    def __init__(self, nvml: Any, board: Any):
-        self._error_type = nvml.NVMLError
-        self._query = getattr(nvml, "nvmlDeviceGetTotalEnergyConsumption", None)  # Volta and newer
-        self._board = board
-        self._readings: list[tuple[int, float]] = []  # (mJ, time.monotonic())
-
-    def read(self) -> None:
-        if self._query is None:
-            return
-        try:
-            self._readings.append((self._query(self._board), time.monotonic()))
-        except self._error_type:
-            self._query = None  # unsupported: the polled mean stands in
-
-    def mean_w(self) -> float | None:
-        if len(self._readings) != 2:
-            return None
-        (first_mj, first_s), (last_mj, last_s) = self._readings
-        return (last_mj - first_mj) / 1e3 / (last_s - first_s) if last_s > first_s else None
+def _energy_power_w(energy: _Series | None) -> float | None:
+    """The mean power of exactly the window, from the board's energy counter read at start() and stop()
+    as (mJ, time.monotonic()); None unless both readings were taken. nvmlDeviceGetPowerUsage, polled
+    instead where there is no counter, is on Ampere and newer itself a trailing 1 s average, which mixes
+    the second before a window (verification, warm-up) into it."""
+    if energy is None or len(energy.values) != 2:
+        return None
+    (first_mj, first_s), (last_mj, last_s) = energy.values
+    return (last_mj - first_mj) / 1e3 / (last_s - first_s) if last_s > first_s else None
 
 
-class _Processes:
-    """How many compute processes besides this one use the GPU, read at start() and stop(). This process
-    holds a context there and so is one of NVML's entries, whether or not its PID matches: inside a
-    container with its own PID namespace NVML still reports host PIDs. So: all entries but one."""
-
-    def __init__(self, nvml: Any, handle: Any):
-        self._nvml = nvml
-        self._handle = handle
-        self.counts: list[int] = []
-        self.supported = True
-
-    def read(self) -> None:
-        if not self.supported:
-            return
-        try:
-            listed = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
-        except (self._nvml.NVMLError, self._nvml.NVMLLibraryMismatchError):  # mismatch: pynvml too new
-            self.supported = False
-            return
-        self.counts.append(max(0, len(listed) - 1))
-
-    def most(self) -> int | None:
-        return max(self.counts) if self.supported and self.counts else None
+def _most(series: _Series) -> int | None:
+    return max(series.values) if series.values and series.error is None else None
 
 
 class _UtilResult(NamedTuple):
@@ -359,8 +324,15 @@ class Sampler:
         self._power = _Series(nvml, lambda: nvml.nvmlDeviceGetPowerUsage(board) / 1000.0)
         self._reasons = _Series(nvml, lambda: reasons(board))
         self._series = [self._clock, self._power, self._reasons]
-        self._energy = _Energy(nvml, board)
-        self._processes = _Processes(nvml, handle)
+        energy = getattr(nvml, "nvmlDeviceGetTotalEnergyConsumption", None)  # Volta and newer
+        self._energy = _Series(nvml, lambda: (energy(board), time.monotonic())) if energy else None
+        # Compute processes besides this one. It holds a context on the GPU and so is one of NVML's
+        # entries whether or not its PID matches (a container's own PID namespace gets host PIDs): all
+        # entries but one. A pynvml newer than the driver cannot read the list.
+        self._processes = _Series(
+            nvml, lambda: max(0, len(nvml.nvmlDeviceGetComputeRunningProcesses(handle)) - 1),
+            more_errors=(nvml.NVMLLibraryMismatchError,))
+        self._at_ends = [s for s in (self._energy, self._processes) if s is not None]  # start() and stop()
         # MIG instances have no GPU-Util: never ask, so nothing can be mistaken for 0 %
         self._util = None if is_mig else _UtilWindow(nvml, handle)
         self._rates = None if is_mig else _Series(nvml, lambda: _read_rates(nvml, handle))
@@ -382,8 +354,8 @@ class Sampler:
         if self._util is not None:
             self._util.begin()
         self._gpm.begin()
-        self._energy.read()
-        self._processes.read()
+        for series in self._at_ends:
+            series.poll()
         self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="mfugap-sampler", daemon=True)
         self._thread.start()
@@ -396,8 +368,8 @@ class Sampler:
         self._stop_event.set()
         self._thread.join(JOIN_TIMEOUT_S)
         duration_s = time.monotonic() - self._started_at
-        self._energy.read()
-        self._processes.read()
+        for series in self._at_ends:
+            series.poll()
         gpm, gpm_note = self._gpm.finish()  # before any raise below: GPM samples must be freed
         if self._thread.is_alive():
             raise RuntimeError(f"sampler thread did not stop within {JOIN_TIMEOUT_S} s (NVML call hung?)")
@@ -450,9 +422,9 @@ class Sampler:
             util_note=util.note,
             mem_util_pct=mem_util,
             sm_clock_mhz=_mean(self._clock.values),
-            power_w=_first_known(self._energy.mean_w(), _mean(self._power.values)),
+            power_w=_first_known(_energy_power_w(self._energy), _mean(self._power.values)),
             clock_event_reasons=reasons,
-            other_processes=self._processes.most(),
+            other_processes=_most(self._processes),
             gpm=gpm,
             gpm_note=gpm_note,
             polls=self._polls,

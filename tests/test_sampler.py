@@ -268,6 +268,14 @@ def test_a_process_that_comes_during_the_window_counts_and_unlistable_is_none():
     nvml.errors["nvmlDeviceGetComputeRunningProcesses"] = pynvml.NVML_ERROR_NO_PERMISSION
     assert window(nvml, gpm=False).other_processes is None
 
+    def too_new():  # pynvml's process struct newer than the driver's
+        raise pynvml.NVMLLibraryMismatchError("Unversioned function called and the pyNVML version does not "
+                                              "match the NVML lib version")
+
+    nvml = make_nvml()
+    nvml.hooks["nvmlDeviceGetComputeRunningProcesses"] = too_new
+    assert window(nvml, gpm=False).other_processes is None
+
 
 def test_older_pynvml_throttle_reasons_fallback():
     nvml = make_nvml(clock_event_reasons=pynvml.nvmlClocksThrottleReasonHwSlowdown)
