@@ -214,8 +214,7 @@ def _run(args: argparse.Namespace) -> int:
             "-W", "ignore::pytest.PytestAssertRewriteWarning"]
     selection = ["--mfugap-quick"] * args.quick + (["-k", args.keyword] if args.keyword else [])
     if args.list:
-        code = pytest.main([*paths, *base, "--collect-only", "-q", *selection])
-        return EXIT_OK if code == pytest.ExitCode.OK else _exit_code(code)
+        return _exit_code(pytest.main([*paths, *base, "--collect-only", "-q", *selection]))
     reason = gpu_unavailable_reason()
     if reason is not None:
         print(f"mfugap run: no GPU visible: {reason}", file=sys.stderr)
